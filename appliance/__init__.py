@@ -1,0 +1,1 @@
+"""The appliance: the `aoi` CLI, configuration, the line runner, records, service and GUI."""

@@ -1,0 +1,2 @@
+"""Commissioning a line: thresholds, flat-field, pixel scale, golden-template alignment, ROI masks,
+capture checks."""

@@ -1,0 +1,1 @@
+"""Cameras: the interface and Frame (`base`), GenICam, replay and the synthetic line."""

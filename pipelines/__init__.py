@@ -1,0 +1,1 @@
+"""Inference and training pipelines: tiling, models, backends, bundles, decision, metrics."""
