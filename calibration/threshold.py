@@ -1,0 +1,382 @@
+"""Decision thresholds from data, with an honest statement of what the data supports.
+
+Scores are image anomaly scores (higher = more anomalous); a part is rejected
+when its score is >= the threshold. Three ways to choose:
+
+- `threshold_for_frr`: aim at a target false-reject rate (FRR) using good
+  images only. With enough images the threshold is the empirical quantile; with
+  too few for the target it is extrapolated from a model of the upper tail and
+  flagged as not supported.
+- `threshold_f1`: the best F1 on good and defective images.
+- `threshold_cost`: the least expected cost of false rejects and missed defects.
+
+Every result carries the Clopper-Pearson upper confidence bound on the true
+FRR given how many good images were at or above the threshold, and one
+sentence saying what that means, for the operator and the bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from calibration.errors import CalibrationError
+
+__all__ = [
+    "MIN_TAIL_SCORES",
+    "FrrMethod",
+    "ThresholdResult",
+    "clopper_pearson_upper",
+    "images_needed",
+    "threshold_cost",
+    "threshold_f1",
+    "threshold_for_frr",
+]
+
+FrrMethod = Literal["auto", "quantile", "exponential-tail", "gaussian-tail"]
+_FRR_METHODS: tuple[str, ...] = ("auto", "quantile", "exponential-tail", "gaussian-tail")
+
+# A tail fit from fewer scores is guesswork; below this, ask for more images.
+MIN_TAIL_SCORES = 20
+# The exponential tail is fitted to the excesses of the top 10% of scores, but
+# never fewer than this many, so that its scale is not set by two or three values.
+_MIN_EXCEEDANCES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdResult:
+    """A calibrated threshold and what the data behind it supports."""
+
+    threshold: float
+    method: str  # "target_frr" | "f1" | "cost"
+    n_good: int
+    n_bad: int
+    target_frr: float | None
+    expected_frr: float  # fraction of the given good scores >= threshold
+    frr_upper_bound: float  # Clopper-Pearson one-sided upper bound on the true FRR, at `confidence`
+    confidence: float
+    supported: bool  # False when n_good cannot support target_frr at `confidence`
+    message: str  # one sentence for the operator
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready fields (for `bundle.yaml` and `aoi calibrate`)."""
+        return dataclasses.asdict(self)
+
+
+def clopper_pearson_upper(n_rejected: int, n: int, *, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound on a rate after `n_rejected` events in `n` trials."""
+    _check_confidence(confidence)
+    if n <= 0 or not 0 <= n_rejected <= n:
+        raise CalibrationError(f"a rate bound needs 0 <= rejected <= n and n > 0; got {n_rejected} of {n}")
+    if n_rejected == n:
+        return 1.0
+    return float(stats.beta.ppf(confidence, n_rejected + 1, n - n_rejected))
+
+
+def images_needed(target_frr: float, *, confidence: float = 0.95) -> int:
+    """Fewest good images that, with none rejected, bound the FRR at or below `target_frr`.
+
+    Zero rejects in n images bound the rate by 1 - (1 - confidence)^(1/n), so
+    n = ln(1 - confidence) / ln(1 - target); for 95% that is the rule of three,
+    about 3 / target.
+    """
+    _check_confidence(confidence)
+    if not 0.0 < target_frr < 1.0:
+        raise CalibrationError(f"target_frr {target_frr!r} is outside (0, 1): give the rate as a fraction")
+    n = max(1, math.ceil(math.log1p(-confidence) / math.log1p(-target_frr)))
+    # The closed form can be off by one in floating point; settle it on the bound itself.
+    while n > 1 and _zero_reject_bound(n - 1, confidence) <= target_frr:
+        n -= 1
+    while _zero_reject_bound(n, confidence) > target_frr:
+        n += 1
+    return n
+
+
+def threshold_for_frr(
+    good_scores: npt.ArrayLike,
+    *,
+    target_frr: float,
+    confidence: float = 0.95,
+    method: FrrMethod = "auto",
+) -> ThresholdResult:
+    """Threshold at which about `target_frr` of good parts are rejected.
+
+    Methods:
+    - "quantile": the empirical (1 - target_frr) quantile: at most
+      floor(target_frr * n) good scores are >= the threshold, which sits
+      midway between the neighbouring distinct scores.
+    - "exponential-tail": peaks over threshold with a generalised Pareto tail
+      of shape 0: the top 10% of scores (at least 10) above the next score u
+      are fitted with an exponential of mean excess `scale`, and the threshold
+      is u + scale * ln(p_u / target_frr), p_u the fraction of scores above u.
+      Right for exponential-like tails (gamma, log-normal-ish scores),
+      conservative (a higher threshold) for Gaussian ones.
+    - "gaussian-tail": mean + std * z(1 - target_frr) of all scores; right only
+      when the scores are close to normal, optimistic for heavier tails.
+    - "auto" (default): "quantile" when n * target_frr >= 1, that is when at
+      least one good score can lie above the threshold, else "exponential-tail".
+
+    `supported` is False when even zero rejects among these n images would
+    not bound the FRR below the target; the message then says how many images
+    would. The threshold is still returned, as the best estimate.
+    """
+    scores = _scores(good_scores, "good scores", "good")
+    _check_target(target_frr)
+    _check_confidence(confidence)
+    if method not in _FRR_METHODS:
+        raise CalibrationError(
+            f"unknown FRR threshold method {method!r}: use one of {', '.join(_FRR_METHODS)}"
+        )
+    n = scores.size
+    if method == "auto":
+        method = "quantile" if n * target_frr >= 1.0 - 1e-9 else "exponential-tail"
+    if method != "quantile" and n < MIN_TAIL_SCORES:
+        raise CalibrationError(
+            f"only {n} good scores, too few to extrapolate a threshold for "
+            f"{_pct_plain(target_frr)} false rejects: "
+            f"calibrate with at least {MIN_TAIL_SCORES} good images "
+            f"({images_needed(target_frr, confidence=confidence)} to support the target directly)"
+        )
+
+    s_desc = np.sort(scores)[::-1]
+    if method == "quantile":
+        threshold = _quantile_threshold(s_desc, math.floor(target_frr * n + 1e-9))
+        how = "at the empirical quantile"
+    elif method == "exponential-tail":
+        threshold = _exponential_tail_threshold(s_desc, target_frr)
+        how = "extrapolated from an exponential fit to the upper tail"
+    else:
+        threshold = _gaussian_threshold(scores, target_frr)
+        how = "extrapolated from a Gaussian fit to all scores"
+
+    n_rejected = int(np.count_nonzero(scores >= threshold))
+    bound = clopper_pearson_upper(n_rejected, n, confidence=confidence)
+    needed = images_needed(target_frr, confidence=confidence)
+    supported = n >= needed
+    message = (
+        f"with {n} good images, {n_rejected} rejected, the false-reject rate is below "
+        f"{_pct_up(bound)} with {_pct_plain(confidence)} confidence "
+        f"(target {_pct_plain(target_frr)}, threshold {how})"
+    )
+    if not supported:
+        message += f"; {needed} images would be needed to support {_pct_plain(target_frr)}"
+    return ThresholdResult(
+        threshold=threshold,
+        method="target_frr",
+        n_good=n,
+        n_bad=0,
+        target_frr=float(target_frr),
+        expected_frr=n_rejected / n,
+        frr_upper_bound=bound,
+        confidence=float(confidence),
+        supported=supported,
+        message=message,
+    )
+
+
+def threshold_f1(
+    good_scores: npt.ArrayLike, bad_scores: npt.ArrayLike, *, confidence: float = 0.95
+) -> ThresholdResult:
+    """Threshold with the best F1 (defective = positive) on good and defective images.
+
+    The threshold sits midway between neighbouring distinct scores; among equal
+    F1 the highest threshold (fewest rejects) wins. `supported` is always True:
+    there is no target rate to support; the message states the FRR bound.
+    """
+    good = _scores(good_scores, "good scores", "good")
+    bad = _scores(bad_scores, "defective scores", "defective")
+    _check_confidence(confidence)
+    thresholds, n_fr, n_hit = _cut_points(good, bad)
+    f1 = 2.0 * n_hit / (n_hit + n_fr + bad.size)
+    best = int(np.argmax(f1))
+    summary = f"the F1-best threshold (F1 {f1[best]:.3f})"
+    return _two_class_result(good, bad, float(thresholds[best]), "f1", summary, confidence)
+
+
+def threshold_cost(
+    good_scores: npt.ArrayLike,
+    bad_scores: npt.ArrayLike,
+    *,
+    cost_false_reject: float,
+    cost_missed_defect: float,
+    defect_rate: float | None = None,
+    confidence: float = 0.95,
+) -> ThresholdResult:
+    """Threshold with the least expected cost per part.
+
+    Cost per part = cost_false_reject * (1 - defect_rate) * FRR
+    + cost_missed_defect * defect_rate * miss rate, with the rates measured on
+    the given scores. `defect_rate` is the fraction of defective parts on the
+    line; when None it is taken from the sample (n_bad / (n_good + n_bad)),
+    which is right only if the images were collected in line proportions.
+    Among equal costs the highest threshold (fewest rejects) wins.
+    """
+    good = _scores(good_scores, "good scores", "good")
+    bad = _scores(bad_scores, "defective scores", "defective")
+    _check_confidence(confidence)
+    for name, value in (("cost_false_reject", cost_false_reject), ("cost_missed_defect", cost_missed_defect)):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise CalibrationError(
+                f"{name} is {value!r}: give a positive finite cost (any unit, both the same)"
+            )
+    rate = bad.size / (good.size + bad.size) if defect_rate is None else defect_rate
+    if not 0.0 < rate < 1.0:
+        raise CalibrationError(
+            f"defect_rate {defect_rate!r} is outside (0, 1): give it as a fraction, e.g. 0.02"
+        )
+    thresholds, n_fr, n_hit = _cut_points(good, bad)
+    cost = (
+        cost_false_reject * (1 - rate) * n_fr / good.size
+        + cost_missed_defect * rate * (bad.size - n_hit) / bad.size
+    )
+    best = int(np.argmin(cost))
+    summary = (
+        f"the least-cost threshold (false reject {cost_false_reject:g}, missed defect "
+        f"{cost_missed_defect:g}, defect rate {_pct_plain(rate)}, {cost[best]:.3g} per part)"
+    )
+    return _two_class_result(good, bad, float(thresholds[best]), "cost", summary, confidence)
+
+
+def _two_class_result(
+    good: np.ndarray, bad: np.ndarray, threshold: float, method: str, summary: str, confidence: float
+) -> ThresholdResult:
+    n_rejected = int(np.count_nonzero(good >= threshold))
+    n_missed = int(np.count_nonzero(bad < threshold))
+    bound = clopper_pearson_upper(n_rejected, good.size, confidence=confidence)
+    message = (
+        f"with {good.size} good and {bad.size} defective images, {summary} rejects {n_rejected} good "
+        f"and misses {n_missed} defective; the false-reject rate is below {_pct_up(bound)} "
+        f"with {_pct_plain(confidence)} confidence"
+    )
+    return ThresholdResult(
+        threshold=threshold,
+        method=method,
+        n_good=int(good.size),
+        n_bad=int(bad.size),
+        target_frr=None,
+        expected_frr=n_rejected / good.size,
+        frr_upper_bound=bound,
+        confidence=float(confidence),
+        supported=True,
+        message=message,
+    )
+
+
+def _cut_points(good: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct way to split the pooled scores, highest threshold first.
+
+    Returns thresholds and, for each, how many good and defective scores are
+    >= it. The first threshold rejects nothing; each next one also rejects the
+    next distinct score, and lies midway between it and the score above.
+    """
+    values = np.unique(np.concatenate([good, bad]))  # ascending
+    above = np.nextafter(values[-1], np.inf)
+    cuts = np.empty(values.size + 1)
+    cuts[0] = above
+    desc = values[::-1]
+    hi, lo = desc[:-1], desc[1:]
+    mid = lo + (hi - lo) / 2.0
+    cuts[1:-1] = np.where((lo < mid) & (mid <= hi), mid, hi)  # in (lo, hi], as `_between`
+    cuts[-1] = values[0]
+    good_sorted, bad_sorted = np.sort(good), np.sort(bad)
+    flagged = np.r_[above, desc]  # the lowest score each cut rejects; cuts[0] rejects none
+    n_fr = good.size - np.asarray(np.searchsorted(good_sorted, flagged, side="left"))
+    n_hit = bad.size - np.asarray(np.searchsorted(bad_sorted, flagged, side="left"))
+    return cuts, n_fr, n_hit
+
+
+def _quantile_threshold(s_desc: np.ndarray, max_rejects: int) -> float:
+    """Highest-FRR threshold with at most `max_rejects` scores at or above it."""
+    values = np.unique(s_desc)  # ascending
+    n_at_or_above = s_desc.size - np.searchsorted(s_desc[::-1], values, side="left")
+    ok = np.flatnonzero(n_at_or_above <= max_rejects)
+    if ok.size == 0:
+        return float(np.nextafter(values[-1], np.inf))
+    j = int(ok[0])  # the lowest distinct score that may still be rejected
+    return float(values[j]) if j == 0 else _between(float(values[j - 1]), float(values[j]))
+
+
+def _exponential_tail_threshold(s_desc: np.ndarray, target_frr: float) -> float:
+    n = s_desc.size
+    n_tail = min(n - 1, max(_MIN_EXCEEDANCES, math.ceil(0.1 * n), math.ceil(2 * target_frr * n)))
+    u = float(s_desc[n_tail])
+    scale = float(np.mean(s_desc[:n_tail] - u))
+    if scale <= 0.0:
+        # The top scores are all tied: there is no spread to extrapolate from.
+        return float(np.nextafter(s_desc[0], np.inf))
+    return u + scale * math.log((n_tail / n) / target_frr)
+
+
+def _gaussian_threshold(scores: np.ndarray, target_frr: float) -> float:
+    std = float(np.std(scores, ddof=1))
+    if std <= 0.0:
+        return float(np.nextafter(scores.max(), np.inf))
+    return float(np.mean(scores)) + std * float(stats.norm.isf(target_frr))
+
+
+def _between(lo: float, hi: float) -> float:
+    """A threshold in (lo, hi]: rejects hi, keeps lo; midway unless they are adjacent floats."""
+    mid = lo + (hi - lo) / 2.0
+    return float(mid) if lo < mid <= hi else float(hi)
+
+
+def _zero_reject_bound(n: int, confidence: float) -> float:
+    return -math.expm1(math.log1p(-confidence) / n)
+
+
+def _scores(values: npt.ArrayLike, name: str, kind: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(
+            f"{name} are not numbers ({exc}): pass one numeric score per {kind} image"
+        ) from None
+    if arr.ndim != 1:
+        raise CalibrationError(f"{name} have shape {arr.shape}: pass a flat list, one score per {kind} image")
+    if arr.size == 0:
+        raise CalibrationError(f"no {name} given: calibrate with at least one {kind} image")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise CalibrationError(
+            f"{bad.size} of {arr.size} {name} are NaN or infinite (first at index {int(bad[0])}): "
+            f"check the model's output for those images and calibrate again"
+        )
+    return arr
+
+
+def _check_target(target_frr: float) -> None:
+    if not (isinstance(target_frr, numbers.Real) and 0.0 < target_frr < 0.5):
+        raise CalibrationError(
+            f"target_frr {target_frr!r} is outside (0, 0.5): give the false-reject rate as a fraction, "
+            f"e.g. 0.01 for 1%"
+        )
+
+
+def _check_confidence(confidence: float) -> None:
+    if not (isinstance(confidence, numbers.Real) and 0.0 < confidence < 1.0):
+        raise CalibrationError(
+            f"confidence {confidence!r} is outside (0, 1): give it as a fraction, e.g. 0.95"
+        )
+
+
+def _pct_plain(x: float) -> str:
+    """A rate as a short percentage: 0.01 -> '1%', 0.001 -> '0.1%', 0.995 -> '99.5%'."""
+    return f"{100 * x:.3g}%"
+
+
+def _pct_up(x: float) -> str:
+    """An upper bound as a percentage rounded up, so the statement stays true: 0.00994 -> '1.0%'."""
+    p = 100.0 * x
+    if p <= 0.0:
+        return "0%"
+    decimals = 1 if p >= 1.0 else 1 - math.floor(math.log10(p))
+    up = math.ceil(p * 10**decimals - 1e-9) / 10**decimals
+    if up >= 1.0:
+        decimals = 1
+    return f"{min(up, 100.0):.{decimals}f}%"
