@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "predict": "appliance.cli.predict",
     "eval": "appliance.cli.evaluate",
     "config": "appliance.cli.config_cmd",
+    "records": "appliance.cli.records_cmd",
     "demo": "appliance.cli.demo",
 }
 

@@ -1,0 +1,1 @@
+"""Inference backends: the interface (`base`), torch, and the explicit registry."""

@@ -1,0 +1,210 @@
+"""The model bundle: the one thing that travels from training to a line.
+
+A bundle is a directory:
+- `bundle.yaml`: family and version, tile geometry, model parameters,
+  calibration (score statistics of good images, thresholds), fingerprint of
+  the training data, creation time, library versions;
+- `weights.safetensors`: every tensor the model needs (backbone included);
+- later `model.onnx` and `engines/*.engine` (export).
+
+No pickle is ever loaded from a bundle. Writes are atomic: the bundle is
+assembled in a sibling temp directory and renamed into place, so an
+interrupted training or calibration never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError
+
+from drivers.settings import Settings
+from pipelines.errors import BundleError
+
+FORMAT = "aoi-bundle"
+FORMAT_VERSION = 1
+META_FILE = "bundle.yaml"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class TileSpec(Settings):
+    tile_px: int = Field(default=256, description="side of a square inference tile (px, multiple of 32)")
+    overlap_px: int = Field(default=32, description="minimum overlap of neighbouring tiles (px)")
+
+
+class Calibration(Settings):
+    """Thresholds live on the calibrated scale: the model's map is normalised so
+    that good images score low; `image_threshold` applies to the image score."""
+
+    image_threshold: float = Field(default=1.0, description="image score at or above which a part is NG")
+    pixel_threshold: float = Field(default=1.0, description="map value above which a pixel is defective")
+    min_defect_area_px: int = Field(default=0, description="blobs smaller than this do not make a part NG (px)")
+    method: str = Field(default="uncalibrated", description="how the thresholds were set")
+    details: dict[str, Any] = Field(default_factory=dict, description="the data the thresholds came from")
+
+
+class BundleMeta(Settings):
+    format: str = Field(default=FORMAT, description="always 'aoi-bundle'")
+    format_version: int = Field(default=FORMAT_VERSION, description="bundle layout version")
+    family: str = Field(description="model family, e.g. 'bvpn' or 'patchcore'")
+    family_version: int = Field(default=1, description="version of the family's architecture")
+    created: str = Field(default="", description="creation time, ISO 8601 UTC")
+    tiles: TileSpec = Field(default_factory=TileSpec, description="tile geometry")
+    input_channels: int = Field(default=3, description="channels the model takes (RGB)")
+    input_scale: float = Field(default=1 / 255, description="multiplier from uint8 pixels to [0, 1]")
+    params: dict[str, Any] = Field(default_factory=dict, description="family-specific architecture parameters")
+    calibration: Calibration = Field(default_factory=Calibration, description="thresholds and their source")
+    data_fingerprint: str = Field(default="", description="sha256 over the training file names and sizes")
+    training: dict[str, Any] = Field(default_factory=dict, description="profile, seed, duration, image counts")
+    libraries: dict[str, str] = Field(default_factory=dict, description="library versions at creation")
+    exports: dict[str, Any] = Field(default_factory=dict, description="exported graphs and engines")
+
+    @property
+    def bundle_id(self) -> str:
+        return f"{self.family}-{self.data_fingerprint[:8]}-{self.created}"
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "onnxruntime", "cv2"):
+        with contextlib.suppress(ImportError):
+            out[name] = str(__import__(name).__version__)
+    return out
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fingerprint_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()
+
+
+class Bundle:
+    """A loaded bundle: validated metadata and lazily read tensors (numpy)."""
+
+    def __init__(self, path: Path, meta: BundleMeta) -> None:
+        self.path = path
+        self.meta = meta
+        self._tensors: dict[str, np.ndarray] | None = None
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        if self._tensors is None:
+            from safetensors.numpy import load_file
+
+            try:
+                self._tensors = dict(load_file(str(self.path / WEIGHTS_FILE)))
+            except Exception as exc:  # safetensors raises its own error types
+                raise BundleError(
+                    f"{self.path / WEIGHTS_FILE} is corrupt ({exc}); re-run 'aoi train' to rebuild the bundle"
+                ) from exc
+        return self._tensors
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate a bundle directory; any problem is one BundleError line."""
+    p = Path(path)
+    if not p.exists():
+        raise BundleError(f"bundle {p} does not exist: train one with 'aoi train --out {p}'")
+    if not p.is_dir():
+        raise BundleError(f"bundle {p} is not a directory: a bundle is the folder 'aoi train' writes")
+    meta_path = p / META_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{p} is not a model bundle (no {META_FILE}): point --bundle at a folder 'aoi train' wrote")
+    try:
+        raw = yaml.safe_load(meta_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{meta_path} is not valid YAML: the bundle is corrupt, re-run 'aoi train'") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BundleError(f"{meta_path} is not an aoi bundle (format is not '{FORMAT}'): it is a foreign file")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{p} has bundle format {raw.get('format_version')}, this appliance reads {FORMAT_VERSION}: "
+            "re-train or upgrade the appliance"
+        )
+    try:
+        meta = BundleMeta.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise BundleError(f"{meta_path}: {loc}: {first['msg']}; the bundle is corrupt, re-run 'aoi train'") from exc
+    if not (p / WEIGHTS_FILE).is_file():
+        raise BundleError(f"{p} has no {WEIGHTS_FILE}: the bundle is incomplete, re-run 'aoi train'")
+    return Bundle(p, meta)
+
+
+def _write_dir(tmp: Path, meta: BundleMeta, tensors: Mapping[str, np.ndarray] | None, src: Path | None) -> None:
+    if src is not None:
+        for item in src.iterdir():
+            if item.name in (META_FILE,) or (tensors is not None and item.name == WEIGHTS_FILE):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+    if tensors is not None:
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
+    (tmp / META_FILE).write_text(yaml.safe_dump(meta.model_dump(mode="json"), sort_keys=False))
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def write_bundle(
+    out: str | Path,
+    meta: BundleMeta,
+    tensors: Mapping[str, np.ndarray] | None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle atomically. `tensors=None` keeps the weights of the existing
+    bundle at `out` (used by calibration, which only changes the metadata)."""
+    dest = Path(out)
+    if dest.exists() and not overwrite:
+        raise BundleError(f"{dest} exists: choose another --out or pass --overwrite")
+    if dest.exists() and not (dest / META_FILE).is_file():
+        raise BundleError(f"{dest} exists and is not a bundle: refusing to replace it")
+    if tensors is None and not (dest / WEIGHTS_FILE).is_file():
+        raise BundleError(f"{dest} has no weights to keep")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        _write_dir(tmp, meta, tensors, dest if dest.exists() else None)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            old.rmdir()
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def update_meta(bundle: Bundle, **changes: Any) -> Bundle:
+    """Rewrite only the metadata of a bundle (atomically) and return it reloaded."""
+    meta = bundle.meta.model_copy(update=changes)
+    write_bundle(bundle.path, meta, None, overwrite=True)
+    return load_bundle(bundle.path)

@@ -1,0 +1,98 @@
+"""The inspector: one object that turns an image or a Frame into an Analysis and a Verdict.
+
+Used by every entry point (`aoi predict`, `aoi eval`, `aoi calibrate`, the
+line, the GUI), so the maths exists once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from drivers.camera.base import Frame
+from drivers.verdict import Defect, Result, Verdict
+from pipelines.backends.registry import create_backend
+from pipelines.bundle import Bundle, Calibration
+from pipelines.data import to_rgb8
+from pipelines.inference import Analysis, TiledAnalyser
+from pipelines.models.registry import inference_module
+
+
+def find_defects(
+    anomaly_map: np.ndarray, *, pixel_threshold: float, min_area_px: int, mm_per_px: float | None = None
+) -> tuple[Defect, ...]:
+    """Connected regions of the map at or above the pixel threshold, largest first."""
+    binary = (anomaly_map >= pixel_threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    defects = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < max(1, min_area_px):
+            continue
+        peak = float(anomaly_map[y : y + h, x : x + w][labels[y : y + h, x : x + w] == i].max())
+        area_mm2 = area * mm_per_px**2 if mm_per_px else None
+        defects.append(Defect(x=x, y=y, width=w, height=h, area_px=area, peak_score=peak, area_mm2=area_mm2))
+    defects.sort(key=lambda d: d.area_px, reverse=True)
+    return tuple(defects)
+
+
+def decide(analysis: Analysis, calibration: Calibration, *, mm_per_px: float | None = None) -> tuple[Result, tuple[Defect, ...]]:
+    """NG when the image score reaches the threshold and, if a minimum defect
+    area is set, a blob at least that large exists (or the layout is wrong)."""
+    defects = find_defects(
+        analysis.anomaly_map,
+        pixel_threshold=calibration.pixel_threshold,
+        min_area_px=calibration.min_defect_area_px,
+        mm_per_px=mm_per_px,
+    )
+    ng = analysis.score >= calibration.image_threshold
+    if ng and calibration.min_defect_area_px > 0:
+        logical = analysis.global_score is not None and analysis.global_score >= calibration.image_threshold
+        ng = bool(defects) or logical
+    return (Result.NG if ng else Result.OK), defects
+
+
+class Inspector:
+    """Bundle + backend -> analyses of images and verdicts of frames."""
+
+    def __init__(self, bundle: Bundle, *, backend: str = "auto", threads: int | None = None, batch_size: int = 8):
+        self.bundle = bundle
+        self.backend = create_backend(backend, bundle, threads=threads)
+        family = inference_module(bundle.meta.family)
+        self.analyser = TiledAnalyser(
+            self.backend.infer,
+            tile_px=bundle.meta.tiles.tile_px,
+            overlap_px=bundle.meta.tiles.overlap_px,
+            batch_size=batch_size,
+            input_scale=bundle.meta.input_scale,
+            global_branch=family.build_global(bundle.meta, bundle.tensors),
+        )
+        self.mm_per_px: float | None = None
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.bundle.meta.calibration
+
+    def analyse(self, pixels: np.ndarray) -> Analysis:
+        """Score and calibrated anomaly map of one image (any size, grey or colour, 8/16 bit)."""
+        return self.analyser(to_rgb8(pixels))
+
+    def inspect(self, frame: Frame) -> Verdict:
+        """The verdict for one frame (the deadline is enforced by the line's worker)."""
+        analysis = self.analyse(frame.pixels)
+        result, defects = decide(analysis, self.calibration, mm_per_px=self.mm_per_px)
+        return Verdict(
+            frame_id=frame.frame_id,
+            part_id=frame.part_id,
+            timestamp_s=frame.timestamp_s,
+            result=result,
+            score=analysis.score / self.calibration.image_threshold,
+            defects=defects,
+            latency_ms=(time.monotonic() - frame.timestamp_s) * 1000.0,
+            bundle_id=self.bundle.meta.bundle_id,
+            wall_time_s=frame.wall_time_s,
+            anomaly_map=analysis.anomaly_map,
+            truth=frame.truth,
+        )

@@ -1,0 +1,87 @@
+"""What every model family provides at inference, and the pieces they share.
+
+A family module (`pipelines.models.<name>.model`) exposes:
+- `build_tile_net(meta, tensors) -> nn.Module`: (B, 3, t, t) float RGB in [0, 1]
+  -> (B, 1, t, t) anomaly map on the calibrated scale. Everything the map
+  needs (input normalisation, feature statistics, map quantiles) is inside
+  the module, so an exported graph gives the same numbers.
+- `build_global(meta, tensors) -> GlobalBranch | None`: an optional whole-image
+  branch in numpy (BVPN's logical module) shared by every backend.
+Training lives in `pipelines.models.<name>.train` and is never imported here.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalResult:
+    score: float  # calibrated image score of the branch (1.0 ~ unusual)
+    anomaly_map: np.ndarray  # float32 HxW, calibrated scale, at the image's resolution
+
+
+class GlobalBranch(abc.ABC):
+    """A whole-image judgement that tiles cannot make (layout, counts, colours)."""
+
+    @abc.abstractmethod
+    def __call__(self, rgb: np.ndarray) -> GlobalResult: ...
+
+
+class QuantileNorm(nn.Module):
+    """Maps raw scores to the calibrated scale: (m - q_low) / (q_high - q_low).
+
+    q_low/q_high are quantiles of the raw map over held-out good images, so a
+    good pixel is mostly below 1 and the scale is comparable across modules.
+    """
+
+    def __init__(self, q_low: float = 0.0, q_high: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("q", torch.tensor([q_low, q_high], dtype=torch.float32))
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        return (m - self.q[0]) / (self.q[1] - self.q[0]).clamp_min(1e-8)
+
+
+def gaussian_kernel1d(sigma_px: float) -> torch.Tensor:
+    radius = max(1, round(3 * sigma_px))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma_px) ** 2)
+    return k / k.sum()
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian smoothing of a (B, 1, H, W) map with replicate borders."""
+
+    def __init__(self, sigma_px: float) -> None:
+        super().__init__()
+        k = gaussian_kernel1d(sigma_px)
+        self.pad = len(k) // 2
+        self.register_buffer("kx", k.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        m = F.conv2d(F.pad(m, (self.pad, self.pad, 0, 0), mode="replicate"), self.kx)
+        return F.conv2d(F.pad(m, (0, 0, self.pad, self.pad), mode="replicate"), self.ky)
+
+
+def upsample_to(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling of a map to the spatial size of the input `x`."""
+    return F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def load_module_state(module: nn.Module, tensors: dict[str, np.ndarray], prefix: str) -> None:
+    """Load the `prefix.`-named tensors of a bundle into `module` (strict)."""
+    state = {k[len(prefix) + 1 :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix + ".")}
+    module.load_state_dict(state, strict=True)
+
+
+def module_tensors(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
+    """A module's state as numpy arrays named `prefix.<key>` for the bundle."""
+    return {f"{prefix}.{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}

@@ -1,0 +1,1 @@
+"""BVPN: biomimetic visual perception network (focus, peripheral and logical modules)."""

@@ -1,0 +1,179 @@
+"""Training BVPN: focus student, peripheral autoencoder and its student head, logical module.
+
+Losses (EfficientAD-style, our reading of BVPN's distillation):
+- focus: hard-mined MSE between the student's first half and the teacher
+  (only the hardest 0.1% of feature elements count, so the student does not
+  learn to imitate the teacher everywhere and anomalies stay visible);
+- peripheral: MSE between the autoencoder and the teacher, and between the
+  student's second half and the (detached) autoencoder output.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipelines.backbone import frozen_features
+from pipelines.models.base import module_tensors
+from pipelines.models.bvpn.logical import fit_logical
+from pipelines.models.bvpn.model import TAPS, BVPNTileNet
+from pipelines.training import CropSampler, Fitted, first_calibration, holdout_quantiles, split_holdout
+
+log = logging.getLogger(__name__)
+FAMILY_VERSION = 1
+MODULES = ("focus", "peripheral", "logical")
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Sized for a 2-core CPU: <= 10 min for 500 images at 256x256.
+    "fast": {
+        "backbone": "efficientnet-lite0",
+        "width": 64,
+        "ae_width": 64,
+        "latent": 64,
+        "iterations": 1200,
+        "batch": 8,
+        "crop_px": 128,
+        "lr": 1e-3,
+        "weight_decay": 1e-5,
+        "hard_quantile": 0.999,
+        "blur_sigma_px": 4.0,
+        "modules": ["focus", "peripheral", "logical"],
+        "logical_work_px": 128,
+        "logical_classes": 6,
+        "logical_min_component_px": 4,
+        "max_minutes": 9.0,
+    },
+    # For a GPU (or a patient CPU): wider networks, full-size crops, longer.
+    "full": {
+        "backbone": "efficientnet-lite0",
+        "width": 128,
+        "ae_width": 96,
+        "latent": 64,
+        "iterations": 20000,
+        "batch": 16,
+        "crop_px": 256,
+        "lr": 5e-4,
+        "weight_decay": 1e-5,
+        "hard_quantile": 0.999,
+        "blur_sigma_px": 4.0,
+        "modules": ["focus", "peripheral", "logical"],
+        "logical_work_px": 192,
+        "logical_classes": 8,
+        "logical_min_component_px": 4,
+        "max_minutes": 600.0,
+    },
+}
+
+
+def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progress: bool) -> Fitted:
+    modules = tuple(settings["modules"])
+    unknown = set(modules) - set(MODULES)
+    if unknown or not ({"focus", "peripheral"} & set(modules)):
+        from pipelines.errors import ModelError
+
+        raise ModelError(f"BVPN modules must include focus or peripheral, from {MODULES}; got {modules}")
+    train, held = split_holdout(images, fraction=0.1, seed=seed)
+    tile_px = int(settings["tile_px"])
+    net = BVPNTileNet(
+        backbone=settings["backbone"],
+        width=int(settings["width"]),
+        ae_width=int(settings["ae_width"]),
+        latent=int(settings["latent"]),
+        blur_sigma_px=float(settings["blur_sigma_px"]),
+        modules=modules,
+    )
+    teacher_feats = frozen_features(settings["backbone"], taps=TAPS)
+    net.teacher.features.load_state_dict(teacher_feats.state_dict())
+    net.teacher.eval()
+    for p in net.teacher.parameters():
+        p.requires_grad_(False)
+    crop = int(settings["crop_px"])
+    sampler = CropSampler(train, crop_px=crop, seed=seed)
+
+    # Teacher channel statistics over random crops.
+    with torch.inference_mode():
+        feats = torch.cat([net.teacher(sampler.sample(8)) for _ in range(8)])
+    net.teacher.mean.copy_(feats.mean(dim=(0, 2, 3), keepdim=True))
+    net.teacher.std.copy_(feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4))
+    del feats
+
+    params = list(net.student.parameters()) + list(net.ae.parameters())
+    opt = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
+    iterations = int(settings["iterations"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / iterations, 1.0))))
+    hard_q = float(settings["hard_quantile"])
+    dim = net.dim
+    deadline = time.monotonic() + 60.0 * float(settings["max_minutes"])
+    net.student.train()
+    net.ae.train()
+    done = 0
+    losses: list[float] = []
+    bar = tqdm(range(iterations), desc="training BVPN", disable=not progress, unit="it", mininterval=2)
+    for _ in bar:
+        x = sampler.sample(int(settings["batch"]))
+        with torch.no_grad():
+            t = net.teacher(x)
+        s = net.student(x)
+        a = net.ae(x)
+        d = (s[:, :dim] - t) ** 2
+        thr = torch.quantile(d.detach().flatten()[:: max(1, d.numel() // 500_000)], hard_q)
+        loss_focus = d[d >= thr].mean()
+        loss_ae = ((a - t) ** 2).mean()
+        loss_stae = ((s[:, dim:] - a.detach()) ** 2).mean()
+        loss = loss_focus + loss_ae + loss_stae
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        done += 1
+        losses.append(loss.item())
+        if done % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if time.monotonic() > deadline:
+            log.warning("BVPN training stopped at the profile's time limit after %d iterations", done)
+            break
+    net.eval()
+
+    q = holdout_quantiles(net.raw_maps, held, tile_px=tile_px)
+    net.q.copy_(torch.from_numpy(q))
+
+    out_params: dict[str, Any] = {
+        "backbone": settings["backbone"],
+        "width": int(settings["width"]),
+        "ae_width": int(settings["ae_width"]),
+        "latent": int(settings["latent"]),
+        "blur_sigma_px": float(settings["blur_sigma_px"]),
+        "modules": list(modules),
+    }
+    tensors = module_tensors(net, "net")
+    logical = None
+    if "logical" in modules:
+        logical = fit_logical(
+            train,
+            held,
+            work_px=int(settings["logical_work_px"]),
+            classes=int(settings["logical_classes"]),
+            min_component_px=int(settings["logical_min_component_px"]),
+            seed=seed,
+        )
+        lp, lt = logical.to_bundle()
+        out_params["logical"] = lp
+        tensors.update(lt)
+    calibration = first_calibration(net, logical, held, tile_px=tile_px)
+    return Fitted(
+        params=out_params,
+        tensors=tensors,
+        info={
+            "iterations_done": done,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "held_out": len(held),
+            "map_quantiles": q.tolist(),
+            "calibration": calibration,
+        },
+    )

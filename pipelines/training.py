@@ -1,0 +1,214 @@
+"""Training shared by every family: data, crops, held-out split, bundle writing.
+
+A family's `train.py` exposes `PROFILES` (name -> dict of settings) and
+`fit(images, *, settings, seed, progress) -> Fitted`; this module does the
+rest the same way for all of them: reads `train/good`, holds out good images
+for map statistics and the first threshold, fingerprints the data, and writes
+the bundle atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.bundle import BundleMeta, Calibration, TileSpec, fingerprint_files, library_versions, now_iso, write_bundle
+from pipelines.data import read_image, train_images
+from pipelines.errors import DataError, ModelError
+from pipelines.models.registry import training_module
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Fitted:
+    """What a family's `fit` returns."""
+
+    params: dict[str, Any]
+    tensors: dict[str, np.ndarray]
+    info: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class CropSampler:
+    """Random square crops (multiples of 32) from images of any size, reflect-padded if small."""
+
+    def __init__(self, images: list[np.ndarray], *, crop_px: int, seed: int) -> None:
+        self.images = images
+        self.crop_px = crop_px
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> torch.Tensor:
+        out = np.empty((n, self.crop_px, self.crop_px, 3), np.uint8)
+        c = self.crop_px
+        for i in range(n):
+            img = self.images[int(self.rng.integers(len(self.images)))]
+            h, w = img.shape[:2]
+            if h < c or w < c:
+                img = np.pad(img, ((0, max(0, c - h)), (0, max(0, c - w)), (0, 0)), mode="reflect")
+                h, w = img.shape[:2]
+            y = int(self.rng.integers(h - c + 1))
+            x = int(self.rng.integers(w - c + 1))
+            out[i] = img[y : y + c, x : x + c]
+        return to_tensor(out)
+
+
+def to_tensor(batch_hwc: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(batch_hwc).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def load_images(paths: list[Path], *, progress: bool) -> list[np.ndarray]:
+    from tqdm import tqdm
+
+    images = []
+    shapes = set()
+    for p in tqdm(paths, desc="reading images", disable=not progress, unit="img"):
+        img = read_image(p)
+        images.append(img)
+        shapes.add(img.shape)
+    log.info("read %d training images, %d distinct sizes", len(images), len(shapes))
+    return images
+
+
+def split_holdout(items: list[Any], *, fraction: float, seed: int, minimum: int = 4) -> tuple[list[Any], list[Any]]:
+    """(train, held-out): a seeded, evenly spread share of good images kept out of training."""
+    n = len(items)
+    k = max(minimum, round(n * fraction))
+    if n - k < 1:
+        raise DataError(f"only {n} good training images: at least {minimum + 1} are needed")
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(n, size=k, replace=False).tolist())
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def train_bundle(
+    *,
+    family: str,
+    data: Path,
+    out: Path,
+    profile: str = "fast",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    limit: int | None = None,
+    tile_px: int = 256,
+    overlap_px: int = 32,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_fitted: Callable[[Fitted], None] | None = None,
+) -> Path:
+    """Train `family` on `data/train/good` and write a calibrated bundle to `out`."""
+    module = training_module(family)
+    if profile not in module.PROFILES:
+        raise ModelError(f"unknown profile {profile!r} for {family}: choose one of {', '.join(module.PROFILES)}")
+    if tile_px % 32 or tile_px < 64:
+        raise ModelError(f"tile size {tile_px} px must be a multiple of 32 and at least 64")
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} exists: choose another --out or pass --overwrite")
+    settings = dict(module.PROFILES[profile])
+    for key, value in (overrides or {}).items():
+        if key not in settings:
+            raise ModelError(f"unknown setting {key!r} for {family}: allowed {', '.join(sorted(settings))}")
+        settings[key] = type(settings[key])(value) if not isinstance(settings[key], list | tuple) else value
+    settings["tile_px"] = tile_px
+    seed_everything(seed)
+    paths = train_images(data, limit=limit)
+    start = time.monotonic()
+    images = load_images(paths, progress=progress)
+    fitted: Fitted = module.fit(images, settings=settings, seed=seed, progress=progress)
+    duration = time.monotonic() - start
+    if on_fitted is not None:
+        on_fitted(fitted)
+    meta = BundleMeta(
+        family=family,
+        family_version=int(getattr(module, "FAMILY_VERSION", 1)),
+        created=now_iso(),
+        tiles=TileSpec(tile_px=tile_px, overlap_px=overlap_px),
+        params=fitted.params,
+        calibration=Calibration.model_validate(fitted.info.pop("calibration")),
+        data_fingerprint=fingerprint_files(paths),
+        training={
+            "profile": profile,
+            "seed": seed,
+            "settings": settings,
+            "images": len(paths),
+            "data": str(data),
+            "duration_s": round(duration, 1),
+            "torch_threads": torch.get_num_threads(),
+            **fitted.info,
+        },
+        libraries=library_versions(),
+    )
+    return write_bundle(out, meta, fitted.tensors, overwrite=overwrite)
+
+
+QUANTILES = (0.5, 0.999)  # good pixels: median -> 0, 99.9th percentile -> 1 on the calibrated scale
+
+
+def holdout_quantiles(
+    raw_fn: Callable[[torch.Tensor], torch.Tensor], held: list[np.ndarray], *, tile_px: int, max_values: int = 4_000_000
+) -> np.ndarray:
+    """Per-channel (q_low, q_high) of `raw_fn`'s pre-normalisation maps over held-out good tiles.
+
+    `raw_fn` maps (B, 3, t, t) in [0, 1] to (B, C, h, w); returns an array (C, 2)."""
+    from pipelines.tiling import TilePlan
+
+    values: list[np.ndarray] = []
+    with torch.inference_mode():
+        for img in held:
+            plan = TilePlan.for_shape(height_px=img.shape[0], width_px=img.shape[1], tile_px=tile_px, overlap_px=0)
+            tiles = plan.tiles(img)
+            for i in range(0, len(tiles), 8):
+                m = raw_fn(to_tensor(tiles[i : i + 8]))
+                values.append(m.permute(1, 0, 2, 3).reshape(m.shape[1], -1).numpy())
+    allv = np.concatenate(values, axis=1)
+    if allv.shape[1] > max_values:
+        rng = np.random.default_rng(0)
+        allv = allv[:, rng.choice(allv.shape[1], size=max_values, replace=False)]
+    q = np.quantile(allv, QUANTILES, axis=1).T
+    q[:, 1] = np.maximum(q[:, 1], q[:, 0] + 1e-6)
+    return q.astype(np.float32)
+
+
+def first_calibration(
+    net: torch.nn.Module, global_branch: Any, held: list[np.ndarray], *, tile_px: int, overlap_px: int = 32
+) -> dict[str, Any]:
+    """A first threshold from the held-out good images, so a new bundle is usable at once.
+
+    `aoi calibrate` replaces it with one from more data."""
+    from calibration.errors import CalibrationError
+    from calibration.threshold import threshold_for_frr
+    from pipelines.inference import TiledAnalyser, torch_infer
+
+    analyser = TiledAnalyser(torch_infer(net), tile_px=tile_px, overlap_px=overlap_px, global_branch=global_branch)
+    scores = np.array([analyser(img).score for img in held])
+    try:
+        result = threshold_for_frr(scores, target_frr=0.01)
+        threshold, method, message = result.threshold, "held-out target_frr 1%", result.message
+    except CalibrationError as exc:
+        threshold = float(scores.max())
+        method, message = "held-out maximum", f"too few held-out images for a rate target ({exc})"
+    return {
+        "image_threshold": float(threshold),
+        "pixel_threshold": float(threshold),
+        "method": method,
+        "details": {
+            "held_out_images": len(held),
+            "held_out_score_max": float(scores.max()),
+            "held_out_score_median": float(np.median(scores)),
+            "message": message,
+        },
+    }
