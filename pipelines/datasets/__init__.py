@@ -1,0 +1,1 @@
+"""Datasets: synthetic products written in the MVTec layout or as line recordings."""
