@@ -32,28 +32,40 @@ OutputConfig = Annotated[
 class InspectionSettings(Settings):
     bundle: Path = Field(description="model bundle directory written by 'aoi train'")
     backend: str = Field(default="auto", description="inference backend: auto, torch, onnxruntime, tensorrt")
-    threads: int | None = Field(default=None, ge=1, description="CPU threads for inference (default: all cores)")
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for inference (default: all cores)"
+    )
     batch_size: int = Field(default=8, ge=1, le=256, description="tiles per inference batch")
     deadline_ms: float = Field(
-        default=2000.0, gt=0, description="decision deadline from acquisition (ms); later frames are UNINSPECTED"
+        default=2000.0,
+        gt=0,
+        description="decision deadline from acquisition (ms); later frames are UNINSPECTED",
     )
     queue_size: int = Field(default=4, ge=1, le=1024, description="frames waiting for inspection (bounded)")
     image_threshold: float | None = Field(
-        default=None, gt=0, description="override the bundle's calibrated image threshold (calibrated score units)"
+        default=None,
+        gt=0,
+        description="override the bundle's calibrated image threshold (calibrated score units)",
     )
     mm_per_px: float | None = Field(default=None, gt=0, description="pixel scale for defect sizes (mm/px)")
 
 
 class AppConfig(Settings):
-    camera: CameraSettings = Field(description="where frames come from; `type:` picks genicam, replay or synthetic")
+    camera: CameraSettings = Field(
+        description="where frames come from; `type:` picks genicam, replay or synthetic"
+    )
     inspection: InspectionSettings = Field(description="the model and how it runs")
-    outputs: list[OutputConfig] = Field(default_factory=list, description="PLC/IO outputs that receive verdicts")
+    outputs: list[OutputConfig] = Field(
+        default_factory=list, description="PLC/IO outputs that receive verdicts"
+    )
     data_dir: Path = Field(default=Path("var"), description="records database and image archive directory")
 
     @model_validator(mode="after")
     def verify_deadline_covers_queue(self) -> AppConfig:
         if self.inspection.queue_size > 64 and self.inspection.deadline_ms < 100:
-            raise ValueError("inspection.queue_size > 64 with deadline_ms < 100 would reject nearly every frame")
+            raise ValueError(
+                "inspection.queue_size > 64 with deadline_ms < 100 would reject nearly every frame"
+            )
         return self
 
 
@@ -71,7 +83,9 @@ def _describe(exc: ValidationError) -> str:
 
 def parse_config(raw: Any, *, source: str = "config") -> AppConfig:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections (camera, inspection, outputs)")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections (camera, inspection, outputs)"
+        )
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,13 +36,11 @@ LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
 
-def _architecture(name: str) -> nn.Module:
+def _architecture(name: str) -> Any:  # the package's EfficientNet (untyped)
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ModelError(
-            "efficientnet-lite-pytorch is not installed: pip install '.[torch]'"
-        ) from exc
+        raise ModelError("efficientnet-lite-pytorch is not installed: pip install '.[torch]'") from exc
     if name not in PRETRAINED:
         raise ModelError(f"unknown backbone {name!r}: choose one of {sorted(PRETRAINED)}")
     # image_size=256 makes the padding static (see the module docstring).
@@ -74,22 +73,26 @@ class LiteFeatures(nn.Module):
     The ImageNet normalisation is inside the module, so exported graphs carry it.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, name: str = "efficientnet-lite0", *, taps: tuple[int, ...] = (4, 10)) -> None:
         super().__init__()
         full = _architecture(name)
         self.name = name
         self.taps = tuple(taps)
         self.stem = nn.Sequential(full._conv_stem, full._bn0, full._swish)
-        self.blocks = nn.ModuleList(list(full._blocks)[: max(taps) + 1])
+        blocks: list[nn.Module] = list(full._blocks)
+        self.blocks = nn.ModuleList(blocks[: max(taps) + 1])
         self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1), persistent=False)
-        self.channels = tuple(int(self.blocks[t]._block_args.output_filters) for t in self.taps)
+        self.channels = tuple(int(self.blocks[t]._block_args.output_filters) for t in self.taps)  # type: ignore[union-attr,arg-type]
         self.strides = tuple(self._stride_at(t) for t in self.taps)
 
     def _stride_at(self, index: int) -> int:
         stride = 2
         for block in self.blocks[: index + 1]:
-            s = block._block_args.stride
+            s: Any = block._block_args.stride
             stride *= int(s[0] if isinstance(s, list | tuple) else s)
         return stride
 

@@ -49,7 +49,9 @@ class Calibration(Settings):
 
     image_threshold: float = Field(default=1.0, description="image score at or above which a part is NG")
     pixel_threshold: float = Field(default=1.0, description="map value above which a pixel is defective")
-    min_defect_area_px: int = Field(default=0, description="blobs smaller than this do not make a part NG (px)")
+    min_defect_area_px: int = Field(
+        default=0, description="blobs smaller than this do not make a part NG (px)"
+    )
     method: str = Field(default="uncalibrated", description="how the thresholds were set")
     details: dict[str, Any] = Field(default_factory=dict, description="the data the thresholds came from")
 
@@ -63,10 +65,14 @@ class BundleMeta(Settings):
     tiles: TileSpec = Field(default_factory=TileSpec, description="tile geometry")
     input_channels: int = Field(default=3, description="channels the model takes (RGB)")
     input_scale: float = Field(default=1 / 255, description="multiplier from uint8 pixels to [0, 1]")
-    params: dict[str, Any] = Field(default_factory=dict, description="family-specific architecture parameters")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="family-specific architecture parameters"
+    )
     calibration: Calibration = Field(default_factory=Calibration, description="thresholds and their source")
     data_fingerprint: str = Field(default="", description="sha256 over the training file names and sizes")
-    training: dict[str, Any] = Field(default_factory=dict, description="profile, seed, duration, image counts")
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="profile, seed, duration, image counts"
+    )
     libraries: dict[str, str] = Field(default_factory=dict, description="library versions at creation")
     exports: dict[str, Any] = Field(default_factory=dict, description="exported graphs and engines")
 
@@ -126,13 +132,19 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle {p} is not a directory: a bundle is the folder 'aoi train' writes")
     meta_path = p / META_FILE
     if not meta_path.is_file():
-        raise BundleError(f"{p} is not a model bundle (no {META_FILE}): point --bundle at a folder 'aoi train' wrote")
+        raise BundleError(
+            f"{p} is not a model bundle (no {META_FILE}): point --bundle at a folder 'aoi train' wrote"
+        )
     try:
         raw = yaml.safe_load(meta_path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{meta_path} is not valid YAML: the bundle is corrupt, re-run 'aoi train'") from exc
+        raise BundleError(
+            f"{meta_path} is not valid YAML: the bundle is corrupt, re-run 'aoi train'"
+        ) from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise BundleError(f"{meta_path} is not an aoi bundle (format is not '{FORMAT}'): it is a foreign file")
+        raise BundleError(
+            f"{meta_path} is not an aoi bundle (format is not '{FORMAT}'): it is a foreign file"
+        )
     if raw.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"{p} has bundle format {raw.get('format_version')}, this appliance reads {FORMAT_VERSION}: "
@@ -143,13 +155,17 @@ def load_bundle(path: str | Path) -> Bundle:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise BundleError(f"{meta_path}: {loc}: {first['msg']}; the bundle is corrupt, re-run 'aoi train'") from exc
+        raise BundleError(
+            f"{meta_path}: {loc}: {first['msg']}; the bundle is corrupt, re-run 'aoi train'"
+        ) from exc
     if not (p / WEIGHTS_FILE).is_file():
         raise BundleError(f"{p} has no {WEIGHTS_FILE}: the bundle is incomplete, re-run 'aoi train'")
     return Bundle(p, meta)
 
 
-def _write_dir(tmp: Path, meta: BundleMeta, tensors: Mapping[str, np.ndarray] | None, src: Path | None) -> None:
+def _write_dir(
+    tmp: Path, meta: BundleMeta, tensors: Mapping[str, np.ndarray] | None, src: Path | None
+) -> None:
     if src is not None:
         for item in src.iterdir():
             if item.name in (META_FILE,) or (tensors is not None and item.name == WEIGHTS_FILE):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -15,12 +16,16 @@ from pipelines.inspector import Inspector
 from pipelines.metrics import evaluate
 
 
-def analyse_paths(inspector: Inspector, paths: list[Path], *, progress: bool, desc: str) -> Iterator[tuple[Path, Analysis]]:
+def analyse_paths(
+    inspector: Inspector, paths: list[Path], *, progress: bool, desc: str
+) -> Iterator[tuple[Path, Analysis]]:
     for p in tqdm(paths, desc=desc, disable=not progress, unit="img"):
         yield p, inspector.analyse(read_image(p))
 
 
-def evaluate_dataset(inspector: Inspector, root: Path, *, progress: bool = True, limit: int | None = None) -> dict:
+def evaluate_dataset(
+    inspector: Inspector, root: Path, *, progress: bool = True, limit: int | None = None
+) -> dict[str, Any]:
     """Image AUROC, pixel AUROC, AUPRO@0.3 and F1-max on root/test (MVTec layout)."""
     samples = test_samples(root)
     if limit is not None and limit < len(samples):
@@ -36,7 +41,7 @@ def evaluate_dataset(inspector: Inspector, root: Path, *, progress: bool = True,
         maps.append(a.anomaly_map.astype(np.float16))  # halves memory; metrics are rank-based
         masks.append(read_mask(s.mask_path, shape=img.shape[:2]) if s.mask_path is not None else None)
     seconds = time.monotonic() - start
-    result = evaluate(np.array(scores), np.array(labels), [m.astype(np.float32) for m in maps], masks)
+    result: dict[str, Any] = evaluate(np.array(scores), np.array(labels), [m.astype(np.float32) for m in maps], masks)
     result["seconds_per_image"] = round(seconds / len(samples), 4)
     threshold = inspector.calibration.image_threshold
     pred = np.array(scores) >= threshold

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -78,7 +79,7 @@ class TiledAnalyser:
         return Analysis(max(float(fused.max()), g.score), fused, tile_score, g.score)
 
 
-def torch_infer(net) -> InferFn:  # type: ignore[no-untyped-def]
+def torch_infer(net: Any) -> InferFn:
     """An InferFn running a torch module in inference mode on the CPU (training-time use)."""
     import torch
 

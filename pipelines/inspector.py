@@ -38,7 +38,9 @@ def find_defects(
     return tuple(defects)
 
 
-def decide(analysis: Analysis, calibration: Calibration, *, mm_per_px: float | None = None) -> tuple[Result, tuple[Defect, ...]]:
+def decide(
+    analysis: Analysis, calibration: Calibration, *, mm_per_px: float | None = None
+) -> tuple[Result, tuple[Defect, ...]]:
     """NG when the image score reaches the threshold and, if a minimum defect
     area is set, a blob at least that large exists (or the layout is wrong)."""
     defects = find_defects(
@@ -57,7 +59,9 @@ def decide(analysis: Analysis, calibration: Calibration, *, mm_per_px: float | N
 class Inspector:
     """Bundle + backend -> analyses of images and verdicts of frames."""
 
-    def __init__(self, bundle: Bundle, *, backend: str = "auto", threads: int | None = None, batch_size: int = 8):
+    def __init__(
+        self, bundle: Bundle, *, backend: str = "auto", threads: int | None = None, batch_size: int = 8
+    ):
         self.bundle = bundle
         self.backend = create_backend(backend, bundle, threads=threads)
         family = inference_module(bundle.meta.family)

@@ -102,7 +102,9 @@ class TilePlan:
     def stitch(self, maps: np.ndarray) -> np.ndarray:
         """Blend (N, tile, tile) maps into one float32 (height, width) map."""
         if maps.shape != (self.count, self.tile_px, self.tile_px):
-            raise ValueError(f"expected maps of shape {(self.count, self.tile_px, self.tile_px)}, got {maps.shape}")
+            raise ValueError(
+                f"expected maps of shape {(self.count, self.tile_px, self.tile_px)}, got {maps.shape}"
+            )
         ph, pw = self.padded_shape
         acc = np.zeros((ph, pw), np.float64)
         norm = np.zeros((ph, pw), np.float64)

@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.bundle import BundleMeta, Calibration, TileSpec, fingerprint_files, library_versions, now_iso, write_bundle
+from pipelines.bundle import (
+    BundleMeta,
+    Calibration,
+    TileSpec,
+    fingerprint_files,
+    library_versions,
+    now_iso,
+    write_bundle,
+)
 from pipelines.data import read_image, train_images
 from pipelines.errors import DataError, ModelError
 from pipelines.models.registry import training_module
@@ -84,7 +92,9 @@ def load_images(paths: list[Path], *, progress: bool) -> list[np.ndarray]:
     return images
 
 
-def split_holdout(items: list[Any], *, fraction: float, seed: int, minimum: int = 4) -> tuple[list[Any], list[Any]]:
+def split_holdout(
+    items: list[Any], *, fraction: float, seed: int, minimum: int = 4
+) -> tuple[list[Any], list[Any]]:
     """(train, held-out): a seeded, evenly spread share of good images kept out of training."""
     n = len(items)
     k = max(minimum, round(n * fraction))
@@ -113,7 +123,9 @@ def train_bundle(
     """Train `family` on `data/train/good` and write a calibrated bundle to `out`."""
     module = training_module(family)
     if profile not in module.PROFILES:
-        raise ModelError(f"unknown profile {profile!r} for {family}: choose one of {', '.join(module.PROFILES)}")
+        raise ModelError(
+            f"unknown profile {profile!r} for {family}: choose one of {', '.join(module.PROFILES)}"
+        )
     if tile_px % 32 or tile_px < 64:
         raise ModelError(f"tile size {tile_px} px must be a multiple of 32 and at least 64")
     if out.exists() and not overwrite:
@@ -159,7 +171,11 @@ QUANTILES = (0.5, 0.999)  # good pixels: median -> 0, 99.9th percentile -> 1 on 
 
 
 def holdout_quantiles(
-    raw_fn: Callable[[torch.Tensor], torch.Tensor], held: list[np.ndarray], *, tile_px: int, max_values: int = 4_000_000
+    raw_fn: Callable[[torch.Tensor], torch.Tensor],
+    held: list[np.ndarray],
+    *,
+    tile_px: int,
+    max_values: int = 4_000_000,
 ) -> np.ndarray:
     """Per-channel (q_low, q_high) of `raw_fn`'s pre-normalisation maps over held-out good tiles.
 
@@ -169,7 +185,9 @@ def holdout_quantiles(
     values: list[np.ndarray] = []
     with torch.inference_mode():
         for img in held:
-            plan = TilePlan.for_shape(height_px=img.shape[0], width_px=img.shape[1], tile_px=tile_px, overlap_px=0)
+            plan = TilePlan.for_shape(
+                height_px=img.shape[0], width_px=img.shape[1], tile_px=tile_px, overlap_px=0
+            )
             tiles = plan.tiles(img)
             for i in range(0, len(tiles), 8):
                 m = raw_fn(to_tensor(tiles[i : i + 8]))
@@ -193,7 +211,9 @@ def first_calibration(
     from calibration.threshold import threshold_for_frr
     from pipelines.inference import TiledAnalyser, torch_infer
 
-    analyser = TiledAnalyser(torch_infer(net), tile_px=tile_px, overlap_px=overlap_px, global_branch=global_branch)
+    analyser = TiledAnalyser(
+        torch_infer(net), tile_px=tile_px, overlap_px=overlap_px, global_branch=global_branch
+    )
     scores = np.array([analyser(img).score for img in held])
     try:
         result = threshold_for_frr(scores, target_frr=0.01)

@@ -19,5 +19,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.file)
     outputs = ", ".join(o.type for o in cfg.outputs) or "none"
-    print(f"{args.file}: valid (camera {cfg.camera.type}, backend {cfg.inspection.backend}, outputs {outputs})")
+    print(
+        f"{args.file}: valid (camera {cfg.camera.type}, backend {cfg.inspection.backend}, outputs {outputs})"
+    )
     return 0

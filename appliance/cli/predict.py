@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     with open(tmp_csv, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "score", "verdict"])
-        for path, analysis in analyse_paths(inspector, paths, progress=not args.no_progress, desc="predicting"):
+        for path, analysis in analyse_paths(
+            inspector, paths, progress=not args.no_progress, desc="predicting"
+        ):
             rel = path.relative_to(root)
             result, _ = decide(analysis, inspector.calibration)
             counts[result.value] += 1

@@ -21,9 +21,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--tile", type=int, default=256, help="inference tile side (px, multiple of 32)")
     p.add_argument("--overlap", type=int, default=32, help="minimum tile overlap (px)")
     p.add_argument(
-        "--modules", default=None, help="BVPN only: comma list of focus,peripheral,logical (ablation); default all"
+        "--modules",
+        default=None,
+        help="BVPN only: comma list of focus,peripheral,logical (ablation); default all",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile setting")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile setting"
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     add_progress_flag(p)

@@ -35,4 +35,8 @@ class TorchBackend(Backend):
             return self.net(x).float().cpu().numpy()
 
     def describe(self) -> dict[str, str]:
-        return {"backend": self.name, "device": str(self.device), "precision": "fp16" if self.half else "fp32"}
+        return {
+            "backend": self.name,
+            "device": str(self.device),
+            "precision": "fp16" if self.half else "fp32",
+        }

@@ -41,6 +41,8 @@ class QuantileNorm(nn.Module):
     good pixel is mostly below 1 and the scale is comparable across modules.
     """
 
+    q: torch.Tensor
+
     def __init__(self, q_low: float = 0.0, q_high: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("q", torch.tensor([q_low, q_high], dtype=torch.float32))
@@ -58,6 +60,9 @@ def gaussian_kernel1d(sigma_px: float) -> torch.Tensor:
 
 class GaussianBlur(nn.Module):
     """Separable Gaussian smoothing of a (B, 1, H, W) map with replicate borders."""
+
+    kx: torch.Tensor
+    ky: torch.Tensor
 
     def __init__(self, sigma_px: float) -> None:
         super().__init__()
@@ -78,7 +83,11 @@ def upsample_to(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def load_module_state(module: nn.Module, tensors: dict[str, np.ndarray], prefix: str) -> None:
     """Load the `prefix.`-named tensors of a bundle into `module` (strict)."""
-    state = {k[len(prefix) + 1 :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix + ".")}
+    state = {
+        k[len(prefix) + 1 :]: torch.from_numpy(v.copy())
+        for k, v in tensors.items()
+        if k.startswith(prefix + ".")
+    }
     module.load_state_dict(state, strict=True)
 
 

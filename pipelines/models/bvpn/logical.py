@@ -48,7 +48,11 @@ class LogicalModule(GlobalBranch):
     # -- the measurements ----------------------------------------------------
     def labels(self, lab: np.ndarray) -> np.ndarray:
         flat = lab.reshape(-1, 3)
-        d = (flat * flat).sum(1, keepdims=True) - 2 * flat @ self.centroids.T + (self.centroids**2).sum(1)[None]
+        d = (
+            (flat * flat).sum(1, keepdims=True)
+            - 2 * flat @ self.centroids.T
+            + (self.centroids**2).sum(1)[None]
+        )
         return d.argmin(1).reshape(lab.shape[:2]).astype(np.int32)
 
     def stats(self, labels: np.ndarray, lab: np.ndarray) -> np.ndarray:
@@ -93,7 +97,11 @@ class LogicalModule(GlobalBranch):
 
     # -- persistence ---------------------------------------------------------
     def to_bundle(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        params = {"work_px": self.work_px, "min_component_px": self.min_component_px, "layout": self.layout is not None}
+        params = {
+            "work_px": self.work_px,
+            "min_component_px": self.min_component_px,
+            "layout": self.layout is not None,
+        }
         tensors = {
             "logical.centroids": self.centroids.astype(np.float32),
             "logical.stat_mean": self.stat_mean.astype(np.float32),
@@ -120,7 +128,13 @@ class LogicalModule(GlobalBranch):
 
 
 def fit_logical(
-    train: list[np.ndarray], held: list[np.ndarray], *, work_px: int, classes: int, min_component_px: int, seed: int
+    train: list[np.ndarray],
+    held: list[np.ndarray],
+    *,
+    work_px: int,
+    classes: int,
+    min_component_px: int,
+    seed: int,
 ) -> LogicalModule:
     """Learn the colour classes, the good statistics and the layout from good images."""
     labs = [_work_image(img, work_px) for img in train]
@@ -128,7 +142,9 @@ def fit_logical(
     pix = np.concatenate([lab.reshape(-1, 3)[rng.choice(lab.shape[0] * lab.shape[1], 2000)] for lab in labs])
     cv2.setRNGSeed(seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 50, 0.1)
-    _, _, centers = cv2.kmeans(pix.astype(np.float32), classes, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
+    _, _, centers = cv2.kmeans(  # type: ignore[call-overload]
+        pix.astype(np.float32), classes, None, criteria, 3, cv2.KMEANS_PP_CENTERS
+    )
     centers = centers[np.argsort(centers[:, 0])]  # by lightness, so classes have a stable order
     module = LogicalModule(
         work_px=work_px,

@@ -30,6 +30,9 @@ def _conv(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
 class Teacher(nn.Module):
     """Pretrained features at stride 8, channel-standardised with training statistics."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, backbone: str) -> None:
         super().__init__()
         self.features = LiteFeatures(backbone, taps=TAPS)
@@ -40,7 +43,9 @@ class Teacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
         size = f[0].shape[-2:]
-        t = torch.cat([f[0]] + [F.interpolate(g, size=size, mode="bilinear", align_corners=False) for g in f[1:]], 1)
+        t = torch.cat(
+            [f[0]] + [F.interpolate(g, size=size, mode="bilinear", align_corners=False) for g in f[1:]], 1
+        )
         return (t - self.mean) / self.std
 
 
@@ -79,7 +84,9 @@ class PeripheralAE(nn.Module):
             _conv(width, latent, 3),
             _conv(latent, latent, 3),
         )
-        self.dec = nn.Sequential(_conv(latent, width, 3), _conv(width, width, 3), nn.Conv2d(width, dim, 3, 1, 1))
+        self.dec = nn.Sequential(
+            _conv(latent, width, 3), _conv(width, width, 3), nn.Conv2d(width, dim, 3, 1, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.enc(x)
@@ -90,8 +97,18 @@ class PeripheralAE(nn.Module):
 class BVPNTileNet(nn.Module):
     """(B, 3, t, t) in [0, 1] -> (B, 1, t, t) fused map on the calibrated scale."""
 
+    q: torch.Tensor
+    weights: torch.Tensor
+
     def __init__(
-        self, *, backbone: str, width: int, ae_width: int, latent: int, blur_sigma_px: float, modules: tuple[str, ...]
+        self,
+        *,
+        backbone: str,
+        width: int,
+        ae_width: int,
+        latent: int,
+        blur_sigma_px: float,
+        modules: tuple[str, ...],
     ) -> None:
         super().__init__()
         self.teacher = Teacher(backbone)
@@ -102,7 +119,9 @@ class BVPNTileNet(nn.Module):
         self.blur = GaussianBlur(blur_sigma_px)
         # rows: focus, peripheral; columns: q_low, q_high of held-out good maps
         self.register_buffer("q", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
-        self.register_buffer("weights", torch.tensor([float("focus" in modules), float("peripheral" in modules)]))
+        self.register_buffer(
+            "weights", torch.tensor([float("focus" in modules), float("peripheral" in modules)])
+        )
 
     def raw_maps(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2, t/8, t/8): squared distances of the focus and peripheral predictions."""

@@ -106,7 +106,9 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     params = list(net.student.parameters()) + list(net.ae.parameters())
     opt = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
     iterations = int(settings["iterations"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / iterations, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / iterations, 1.0)))
+    )
     hard_q = float(settings["hard_quantile"])
     dim = net.dim
     deadline = time.monotonic() + 60.0 * float(settings["max_minutes"])

@@ -18,7 +18,12 @@ from pipelines.models.base import GaussianBlur, GlobalBranch, QuantileNorm, load
 
 
 class PatchCoreNet(nn.Module):
-    def __init__(self, *, backbone: str, taps: tuple[int, ...], bank_size: int, dim: int, blur_sigma_px: float):
+    bank: torch.Tensor
+    bank_sq: torch.Tensor
+
+    def __init__(
+        self, *, backbone: str, taps: tuple[int, ...], bank_size: int, dim: int, blur_sigma_px: float
+    ):
         super().__init__()
         self.features = LiteFeatures(backbone, taps=taps)
         self.register_buffer("bank", torch.zeros(bank_size, dim))
@@ -29,7 +34,9 @@ class PatchCoreNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.features(x)
         size = feats[0].shape[-2:]
-        up = [feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
+        up = [feats[0]] + [
+            F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]
+        ]
         e = torch.cat(up, dim=1)
         return F.avg_pool2d(e, kernel_size=3, stride=1, padding=1, count_include_pad=False)
 

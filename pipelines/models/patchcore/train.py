@@ -12,20 +12,32 @@ from tqdm import tqdm
 from pipelines.backbone import frozen_features
 from pipelines.models.base import module_tensors, upsample_to
 from pipelines.models.patchcore.model import PatchCoreNet
-from pipelines.training import Fitted, first_calibration, holdout_quantiles, split_holdout, to_tensor
 from pipelines.tiling import TilePlan
+from pipelines.training import Fitted, first_calibration, holdout_quantiles, split_holdout, to_tensor
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "fast": {"backbone": "efficientnet-lite0", "bank_size": 8000, "max_patches": 120_000, "blur_sigma_px": 4.0},
-    "full": {"backbone": "efficientnet-lite0", "bank_size": 30000, "max_patches": 1_000_000, "blur_sigma_px": 4.0},
+    "fast": {
+        "backbone": "efficientnet-lite0",
+        "bank_size": 8000,
+        "max_patches": 120_000,
+        "blur_sigma_px": 4.0,
+    },
+    "full": {
+        "backbone": "efficientnet-lite0",
+        "bank_size": 30000,
+        "max_patches": 1_000_000,
+        "blur_sigma_px": 4.0,
+    },
 }
 TAPS = (4, 10)
 
 
-def greedy_coreset(x: torch.Tensor, *, size: int, seed: int, proj_dim: int = 128, progress: bool = True) -> torch.Tensor:
+def greedy_coreset(
+    x: torch.Tensor, *, size: int, seed: int, proj_dim: int = 128, progress: bool = True
+) -> torch.Tensor:
     """Indices of a k-center greedy coreset (Sener & Savarese), on a random projection as PatchCore does."""
     n = x.shape[0]
     if size >= n:
@@ -64,7 +76,9 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     chunks = []
     with torch.inference_mode():
         for img in tqdm(train, desc="embedding", disable=not progress, unit="img"):
-            plan = TilePlan.for_shape(height_px=img.shape[0], width_px=img.shape[1], tile_px=tile_px, overlap_px=0)
+            plan = TilePlan.for_shape(
+                height_px=img.shape[0], width_px=img.shape[1], tile_px=tile_px, overlap_px=0
+            )
             e = net.embed(to_tensor(plan.tiles(img)))
             flat = e.permute(0, 2, 3, 1).reshape(-1, dim)
             take = rng.choice(flat.shape[0], size=min(per_image, flat.shape[0]), replace=False)
