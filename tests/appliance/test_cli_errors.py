@@ -49,7 +49,15 @@ def test_unreadable_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         cv2.imwrite(str(good / f"{i}.png"), np.full((64, 64, 3), 128, np.uint8))
     (good / "broken.png").write_bytes(b"\x89PNG not really")
     code, err = _run(
-        capsys, "train", "--model", "patchcore", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "b")
+        capsys,
+        "train",
+        "--model",
+        "patchcore",
+        "--data",
+        str(tmp_path / "d"),
+        "--out",
+        str(tmp_path / "b"),
+        "--no-progress",
     )
     assert code == 2
     _one_line(err, "broken.png", "cannot be read")
