@@ -18,6 +18,7 @@ from pipelines.bundle import Bundle, Calibration
 from pipelines.data import to_rgb8
 from pipelines.inference import Analysis, TiledAnalyser
 from pipelines.models.registry import inference_module
+from pipelines.preprocess import Preprocessor
 
 
 def find_defects(
@@ -60,9 +61,16 @@ class Inspector:
     """Bundle + backend -> analyses of images and verdicts of frames."""
 
     def __init__(
-        self, bundle: Bundle, *, backend: str = "auto", threads: int | None = None, batch_size: int = 8
+        self,
+        bundle: Bundle,
+        *,
+        backend: str = "auto",
+        threads: int | None = None,
+        batch_size: int = 8,
+        preprocessor: Preprocessor | None = None,
     ):
         self.bundle = bundle
+        self.preprocessor = preprocessor
         self.backend = create_backend(backend, bundle, threads=threads)
         family = inference_module(bundle.meta.family)
         self.analyser = TiledAnalyser(
@@ -80,12 +88,42 @@ class Inspector:
         return self.bundle.meta.calibration
 
     def analyse(self, pixels: np.ndarray) -> Analysis:
-        """Score and calibrated anomaly map of one image (any size, grey or colour, 8/16 bit)."""
+        """Score and calibrated anomaly map of one image (any size, grey or colour, 8/16 bit).
+
+        No preprocessing: datasets for training, `predict` and `eval` are already
+        what the model sees; the line's frames go through `inspect`."""
         return self.analyser(to_rgb8(pixels))
 
+    def _analyse_frame(self, pixels: np.ndarray) -> tuple[Analysis | None, str]:
+        if self.preprocessor is None:
+            return self.analyse(pixels), ""
+        prepared = self.preprocessor(pixels)
+        if prepared.pixels is None:
+            return None, prepared.reason
+        a = self.analyse(prepared.pixels)
+        masked = self.preprocessor.mask_map(a.anomaly_map)
+        if masked is a.anomaly_map:
+            return a, ""
+        score = float(masked.max()) if a.global_score is None else max(float(masked.max()), a.global_score)
+        return Analysis(score, masked, a.tile_score, a.global_score), ""
+
     def inspect(self, frame: Frame) -> Verdict:
-        """The verdict for one frame (the deadline is enforced by the line's worker)."""
-        analysis = self.analyse(frame.pixels)
+        """The verdict for one frame (the deadline is enforced by the line's worker).
+
+        A frame that cannot be aligned to the golden template is UNINSPECTED with the reason."""
+        analysis, reason = self._analyse_frame(frame.pixels)
+        if analysis is None:
+            return Verdict(
+                frame_id=frame.frame_id,
+                part_id=frame.part_id,
+                timestamp_s=frame.timestamp_s,
+                result=Result.UNINSPECTED,
+                reason=reason,
+                latency_ms=(time.monotonic() - frame.timestamp_s) * 1000.0,
+                bundle_id=self.bundle.meta.bundle_id,
+                wall_time_s=frame.wall_time_s,
+                truth=frame.truth,
+            )
         result, defects = decide(analysis, self.calibration, mm_per_px=self.mm_per_px)
         return Verdict(
             frame_id=frame.frame_id,
