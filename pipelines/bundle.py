@@ -41,6 +41,11 @@ WEIGHTS_FILE = "weights.safetensors"
 class TileSpec(Settings):
     tile_px: int = Field(default=256, description="side of a square inference tile (px, multiple of 32)")
     overlap_px: int = Field(default=32, description="minimum overlap of neighbouring tiles (px)")
+    margin_px: int = Field(
+        default=16,
+        ge=0,
+        description="reflect padding around the frame before tiling (px): no tile edge on the frame edge",
+    )
 
 
 class Calibration(Settings):

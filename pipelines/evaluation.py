@@ -41,7 +41,8 @@ def evaluate_dataset(
         maps.append(a.anomaly_map.astype(np.float16))  # halves memory; metrics are rank-based
         masks.append(read_mask(s.mask_path, shape=img.shape[:2]) if s.mask_path is not None else None)
     seconds = time.monotonic() - start
-    result: dict[str, Any] = evaluate(np.array(scores), np.array(labels), [m.astype(np.float32) for m in maps], masks)
+    full_maps = [m.astype(np.float32) for m in maps]
+    result: dict[str, Any] = evaluate(np.array(scores), np.array(labels), full_maps, masks)
     result["seconds_per_image"] = round(seconds / len(samples), 4)
     threshold = inspector.calibration.image_threshold
     pred = np.array(scores) >= threshold

@@ -48,8 +48,10 @@ class TiledAnalyser:
         batch_size: int = 8,
         input_scale: float = 1 / 255,
         global_branch: GlobalBranch | None = None,
+        margin_px: int = 0,
     ) -> None:
         self.infer = infer
+        self.margin_px = margin_px
         self.tile_px = tile_px
         self.overlap_px = overlap_px
         self.batch_size = batch_size
@@ -60,14 +62,24 @@ class TiledAnalyser:
         return _plan(height_px, width_px, self.tile_px, self.overlap_px)
 
     def tile_map(self, rgb: np.ndarray) -> np.ndarray:
-        """The stitched tile-model map (calibrated scale) at the image's resolution."""
+        """The stitched tile-model map (calibrated scale) at the image's resolution.
+
+        The frame is reflect-padded by `margin_px` first and the map cropped back:
+        a tile's outer edge (zero padding inside the networks, no neighbour to
+        blend with) then never lies on the frame's edge, where it caused false
+        peaks on good images."""
+        h, w = rgb.shape[:2]
+        m = self.margin_px
+        if m:
+            rgb = np.pad(rgb, ((m, m), (m, m), (0, 0)), mode="reflect")
         plan = self.plan(rgb.shape[0], rgb.shape[1])
         tiles = plan.tiles(rgb)
         outs = []
         for batch in batches(tiles, batch_size=self.batch_size):
             x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) * self.input_scale
             outs.append(np.asarray(self.infer(x), dtype=np.float32)[:, 0])
-        return plan.stitch(np.concatenate(outs))
+        stitched = plan.stitch(np.concatenate(outs))
+        return stitched[m : m + h, m : m + w] if m else stitched
 
     def __call__(self, rgb: np.ndarray) -> Analysis:
         tile = self.tile_map(rgb)

@@ -80,6 +80,7 @@ class Inspector:
             batch_size=batch_size,
             input_scale=bundle.meta.input_scale,
             global_branch=family.build_global(bundle.meta, bundle.tensors),
+            margin_px=bundle.meta.tiles.margin_px,
         )
         self.mm_per_px: float | None = None
 

@@ -202,7 +202,13 @@ def holdout_quantiles(
 
 
 def first_calibration(
-    net: torch.nn.Module, global_branch: Any, held: list[np.ndarray], *, tile_px: int, overlap_px: int = 32
+    net: torch.nn.Module,
+    global_branch: Any,
+    held: list[np.ndarray],
+    *,
+    tile_px: int,
+    overlap_px: int = 32,
+    margin_px: int = 16,
 ) -> dict[str, Any]:
     """A first threshold from the held-out good images, so a new bundle is usable at once.
 

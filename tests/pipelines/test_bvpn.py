@@ -110,3 +110,13 @@ def test_logical_module_sees_layout_defects() -> None:
             scores.append(module(r.render(i, defect=d).image).score)
             labels.append(1)
     assert image_auroc(np.array(scores), np.array(labels)) >= 0.9
+
+
+def test_layout_consistency_tells_registered_prints_from_free_textures() -> None:
+    values = {}
+    for product in ("print", "paper"):
+        r = SceneRenderer(product=product, width_px=256, height_px=256, seed=21)
+        imgs = [r.render(i).image for i in range(24)]
+        m = fit_logical(imgs[:20], imgs[20:], work_px=128, classes=6, min_component_px=4, seed=0)
+        values[product] = m.layout_consistency()
+    assert values["print"] >= 0.85 > values["paper"]

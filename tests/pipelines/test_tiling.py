@@ -69,3 +69,21 @@ def test_bad_plans_are_refused() -> None:
 
 def test_batches() -> None:
     assert [len(b) for b in batches(np.zeros(10), batch_size=4)] == [4, 4, 2]
+
+
+def test_margin_keeps_tile_edges_off_the_frame_border() -> None:
+    from pipelines.inference import TiledAnalyser
+
+    def edge_artefact(x: np.ndarray) -> np.ndarray:
+        # A network whose output is wrong only at its own tile edge (zero padding).
+        out = np.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), np.float32)
+        out[:, :, :4, :] = out[:, :, -4:, :] = out[:, :, :, :4] = out[:, :, :, -4:] = 9.0
+        return out
+
+    image = np.zeros((300, 500, 3), np.uint8)
+    bare = TiledAnalyser(edge_artefact, tile_px=128, overlap_px=32, margin_px=0)
+    padded = TiledAnalyser(edge_artefact, tile_px=128, overlap_px=32, margin_px=16)
+    assert bare.tile_map(image)[0].max() > 1.0  # the artefact shows on the frame's top row
+    m = padded.tile_map(image)
+    assert m.shape == (300, 500)
+    assert m.max() < 0.5

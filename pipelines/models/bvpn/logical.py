@@ -95,6 +95,11 @@ class LogicalModule(GlobalBranch):
         m = m * float(np.clip(score, 0.0, 1.0))
         return GlobalResult(score, cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR))
 
+    def layout_consistency(self) -> float:
+        """Mean over pixels of the most frequent class's share in good images: near 1
+        for registered products (prints), low for free textures; 0 without a layout."""
+        return float(self.layout.max(0).mean()) if self.layout is not None else 0.0
+
     # -- persistence ---------------------------------------------------------
     def to_bundle(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         params = {

@@ -27,7 +27,7 @@ from pipelines.training import CropSampler, Fitted, first_calibration, holdout_q
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
-MODULES = ("focus", "peripheral", "logical")
+MODULES = ("focus", "peripheral", "logical", "auto")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: <= 10 min for 500 images at 256x256.
@@ -43,10 +43,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-5,
         "hard_quantile": 0.999,
         "blur_sigma_px": 4.0,
-        "modules": ["focus", "peripheral", "logical"],
+        "modules": ["auto"],
         "logical_work_px": 128,
         "logical_classes": 6,
         "logical_min_component_px": 4,
+        "logical_min_consistency": 0.85,
         "max_minutes": 9.0,
     },
     # For a GPU (or a patient CPU): wider networks, full-size crops, longer.
@@ -62,10 +63,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-5,
         "hard_quantile": 0.999,
         "blur_sigma_px": 4.0,
-        "modules": ["focus", "peripheral", "logical"],
+        "modules": ["auto"],
         "logical_work_px": 192,
         "logical_classes": 8,
         "logical_min_component_px": 4,
+        "logical_min_consistency": 0.85,
         "max_minutes": 600.0,
     },
 }
@@ -73,6 +75,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progress: bool) -> Fitted:
     modules = tuple(settings["modules"])
+    auto = "auto" in modules
+    if auto:
+        # auto: focus and peripheral always; logical only for registered products (decided below).
+        modules = ("focus", "peripheral", "logical")
     unknown = set(modules) - set(MODULES)
     if unknown or not ({"focus", "peripheral"} & set(modules)):
         from pipelines.errors import ModelError
@@ -164,9 +170,29 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             min_component_px=int(settings["logical_min_component_px"]),
             seed=seed,
         )
-        lp, lt = logical.to_bundle()
-        out_params["logical"] = lp
-        tensors.update(lt)
+        consistency = logical.layout_consistency()
+        if auto and consistency < float(settings["logical_min_consistency"]):
+            log.info(
+                "layout consistency %.3f < %.2f: not a registered product, logical module off",
+                consistency,
+                float(settings["logical_min_consistency"]),
+            )
+            logical = None
+            modules = tuple(m for m in modules if m != "logical")
+            out_params["modules"] = list(modules)
+        else:
+            lp, lt = logical.to_bundle()
+            out_params["logical"] = lp
+            tensors.update(lt)
+        logical_info = {
+            "layout_consistency": round(consistency, 4),
+            "auto": auto,
+            "used": logical is not None,
+        }
+    else:
+        logical_info = {"used": False}
+    net.weights.copy_(torch.tensor([float("focus" in modules), float("peripheral" in modules)]))
+    tensors = {**tensors, **module_tensors(net, "net")}
     calibration = first_calibration(net, logical, held, tile_px=tile_px)
     return Fitted(
         params=out_params,
@@ -176,6 +202,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "held_out": len(held),
             "map_quantiles": q.tolist(),
+            "logical": logical_info,
             "calibration": calibration,
         },
     )
