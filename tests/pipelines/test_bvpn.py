@@ -119,4 +119,4 @@ def test_layout_consistency_tells_registered_prints_from_free_textures() -> None
         imgs = [r.render(i).image for i in range(24)]
         m = fit_logical(imgs[:20], imgs[20:], work_px=128, classes=6, min_component_px=4, seed=0)
         values[product] = m.layout_consistency()
-    assert values["print"] >= 0.85 > values["paper"]
+    assert values["print"] >= 0.78 > values["paper"]

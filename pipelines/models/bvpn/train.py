@@ -47,7 +47,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "logical_work_px": 128,
         "logical_classes": 6,
         "logical_min_component_px": 4,
-        "logical_min_consistency": 0.85,
+        "logical_min_consistency": 0.78,
         "max_minutes": 9.0,
     },
     # For a GPU (or a patient CPU): wider networks, full-size crops, longer.
@@ -67,7 +67,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "logical_work_px": 192,
         "logical_classes": 8,
         "logical_min_component_px": 4,
-        "logical_min_consistency": 0.85,
+        "logical_min_consistency": 0.78,
         "max_minutes": 600.0,
     },
 }
