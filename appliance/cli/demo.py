@@ -29,13 +29,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from calibration.threshold import threshold_for_frr
     from pipelines.bundle import Calibration, load_bundle, update_meta
     from pipelines.datasets.synth import write_mvtec_dataset
     from pipelines.evaluation import evaluate_dataset
     from pipelines.inspector import Inspector
     from pipelines.training import train_bundle
-
-    from calibration.threshold import threshold_for_frr
 
     work = Path(args.workdir) if args.workdir else _cache_dir() / "demo"
     work.mkdir(parents=True, exist_ok=True)
@@ -50,39 +49,73 @@ def run(args: argparse.Namespace) -> int:
             n_train=200,
             n_test_good=60,
             n_test_per_defect=10,
-            defects=["scratch", "spot", "ink_streak", "smudge", "missing", "extra", "wrong_colour", "shifted"],
+            defects=[
+                "scratch",
+                "spot",
+                "ink_streak",
+                "smudge",
+                "missing",
+                "extra",
+                "wrong_colour",
+                "shifted",
+            ],
             seed=7,
             progress=progress,
         )
     calib_good = work / "print-256-calib"
     if not (calib_good / "train" / "good").is_dir():
         write_mvtec_dataset(
-            calib_good, product="print", width_px=256, height_px=256, n_train=300, n_test_good=1,
-            n_test_per_defect=0, defects=[], seed=8, progress=progress,
+            calib_good,
+            product="print",
+            width_px=256,
+            height_px=256,
+            n_train=300,
+            n_test_good=1,
+            n_test_per_defect=0,
+            defects=[],
+            seed=8,
+            progress=progress,
         )
     bundle_dir = work / "bvpn.bundle"
     if args.fresh or not (bundle_dir / "bundle.yaml").is_file():
-        train_bundle(family="bvpn", data=data, out=bundle_dir, profile="fast", seed=0, overwrite=True, progress=progress)
+        train_bundle(
+            family="bvpn",
+            data=data,
+            out=bundle_dir,
+            profile="fast",
+            seed=0,
+            overwrite=True,
+            progress=progress,
+        )
         bundle = load_bundle(bundle_dir)
         inspector = Inspector(bundle)
+        import numpy as np
+
         from pipelines.data import list_images
         from pipelines.evaluation import analyse_paths
 
-        import numpy as np
-
         paths = list_images(calib_good / "train" / "good")
-        scores = np.array([a.score for _, a in analyse_paths(inspector, paths, progress=progress, desc="calibrating")])
+        scores = np.array(
+            [a.score for _, a in analyse_paths(inspector, paths, progress=progress, desc="calibrating")]
+        )
         result = threshold_for_frr(scores, target_frr=0.01)
         update_meta(
             bundle,
             calibration=Calibration(
-                image_threshold=result.threshold, pixel_threshold=result.threshold, method=result.method,
+                image_threshold=result.threshold,
+                pixel_threshold=result.threshold,
+                method=result.method,
                 details=result.to_dict(),
             ),
         )
     bundle = load_bundle(bundle_dir)
     metrics = evaluate_dataset(Inspector(bundle), data, progress=progress)
-    summary = {"bundle": str(bundle_dir), "data": str(data), "training_s": bundle.meta.training.get("duration_s"), **metrics}
+    summary = {
+        "bundle": str(bundle_dir),
+        "data": str(data),
+        "training_s": bundle.meta.training.get("duration_s"),
+        **metrics,
+    }
     if args.json:
         print(json.dumps(summary, default=str))
     else:
