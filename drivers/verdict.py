@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 
-class Result(str, enum.Enum):
+class Result(enum.StrEnum):
     """OK passes; NG and UNINSPECTED are both rejected (fail-safe)."""
 
     OK = "OK"
