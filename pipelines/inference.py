@@ -3,6 +3,17 @@
 `TiledAnalyser` is used by training (held-out statistics), `aoi predict`,
 `aoi eval`, `aoi calibrate` and the line's inspector alike, whatever the
 backend: the backend only maps a float batch (N, 3, t, t) to maps (N, 1, t, t).
+
+Modes: "tiles" (the default) cuts the frame into overlapping tiles and
+stitches; "whole" runs the fully-convolutional network once over the whole
+frame; "auto" takes "whole" when its estimated activation memory fits in
+half of the available memory, else "tiles". Whole-frame border handling: the
+frame is reflect-padded by `margin_px` on every side (exactly what a frame-edge
+tile sees, so the frame's edges are treated alike in both modes), then further
+reflect-padded on the bottom and right up to a multiple of 32 (the backbone's
+static padding is exact only there), and the map is cropped back. Inside the
+frame the two modes differ where a tile's own zero padding cut its receptive
+field short; `tests/pipelines/test_export_parity.py` measures how much.
 """
 
 from __future__ import annotations
@@ -19,6 +30,21 @@ from pipelines.models.base import GlobalBranch
 from pipelines.tiling import TilePlan, batches
 
 InferFn = Callable[[np.ndarray], np.ndarray]
+MODES = ("tiles", "whole", "auto")
+WHOLE_MULTIPLE_PX = 32  # the backbone's total stride: static "same" padding is exact for multiples
+WHOLE_MEMORY_FRACTION = 0.5  # "auto" leaves the other half to the rest of the appliance
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +75,15 @@ class TiledAnalyser:
         input_scale: float = 1 / 255,
         global_branch: GlobalBranch | None = None,
         margin_px: int = 0,
+        mode: str = "tiles",
+        whole_bytes_per_px: float | None = None,
     ) -> None:
+        """`whole_bytes_per_px`: activation memory of the network per input pixel
+        (bytes), which "auto" needs; without it "auto" stays with tiles."""
+        if mode not in MODES:
+            raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
+        self.mode = mode
+        self.whole_bytes_per_px = whole_bytes_per_px
         self.infer = infer
         self.margin_px = margin_px
         self.tile_px = tile_px
@@ -60,6 +94,36 @@ class TiledAnalyser:
 
     def plan(self, height_px: int, width_px: int) -> TilePlan:
         return _plan(height_px, width_px, self.tile_px, self.overlap_px)
+
+    def whole_shape(self, height_px: int, width_px: int) -> tuple[int, int]:
+        """The padded (height, width) that whole-frame mode feeds the network."""
+        m = 2 * self.margin_px
+        return (
+            -(-(height_px + m) // WHOLE_MULTIPLE_PX) * WHOLE_MULTIPLE_PX,
+            -(-(width_px + m) // WHOLE_MULTIPLE_PX) * WHOLE_MULTIPLE_PX,
+        )
+
+    def mode_for(self, height_px: int, width_px: int) -> str:
+        """The mode ("tiles" or "whole") for a frame of this size; resolves "auto" by memory."""
+        if self.mode != "auto":
+            return self.mode
+        free = available_memory_bytes()
+        if self.whole_bytes_per_px is None or free is None:
+            return "tiles"
+        ph, pw = self.whole_shape(height_px, width_px)
+        need = ph * pw * self.whole_bytes_per_px
+        return "whole" if need <= WHOLE_MEMORY_FRACTION * free else "tiles"
+
+    def whole_map(self, rgb: np.ndarray) -> np.ndarray:
+        """The map of the whole frame in one pass (see the module docstring for the borders)."""
+        h, w = rgb.shape[:2]
+        m = self.margin_px
+        ph, pw = self.whole_shape(h, w)
+        pad = ((m, ph - h - m), (m, pw - w - m), (0, 0))
+        padded = np.pad(rgb, pad, mode="reflect" if min(h, w) > 1 else "edge")
+        x = padded.transpose(2, 0, 1)[None].astype(np.float32) * self.input_scale
+        out = np.asarray(self.infer(np.ascontiguousarray(x)), dtype=np.float32)[0, 0]
+        return out[m : m + h, m : m + w]
 
     def tile_map(self, rgb: np.ndarray) -> np.ndarray:
         """The stitched tile-model map (calibrated scale) at the image's resolution.
@@ -82,7 +146,10 @@ class TiledAnalyser:
         return stitched[m : m + h, m : m + w] if m else stitched
 
     def __call__(self, rgb: np.ndarray) -> Analysis:
-        tile = self.tile_map(rgb)
+        if self.mode_for(rgb.shape[0], rgb.shape[1]) == "whole":
+            tile = self.whole_map(rgb)
+        else:
+            tile = self.tile_map(rgb)
         tile_score = float(tile.max())
         if self.global_branch is None:
             return Analysis(tile_score, tile, tile_score, None)

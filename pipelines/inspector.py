@@ -16,6 +16,7 @@ from drivers.verdict import Defect, Result, Verdict
 from pipelines.backends.registry import create_backend
 from pipelines.bundle import Bundle, Calibration
 from pipelines.data import to_rgb8
+from pipelines.export import activation_bytes_per_px
 from pipelines.inference import Analysis, TiledAnalyser
 from pipelines.models.registry import inference_module
 from pipelines.preprocess import Preprocessor
@@ -68,10 +69,17 @@ class Inspector:
         threads: int | None = None,
         batch_size: int = 8,
         preprocessor: Preprocessor | None = None,
+        mode: str = "tiles",
+        precision: str | None = None,
     ):
+        """`mode`: "tiles", "whole" or "auto" (see `pipelines.inference`); tiles is the
+        default for every family because whole-frame maps differ at tile borders
+        (measured in tests/pipelines/test_export_parity.py)."""
         self.bundle = bundle
         self.preprocessor = preprocessor
-        self.backend = create_backend(backend, bundle, threads=threads)
+        self.backend = create_backend(
+            backend, bundle, threads=threads, precision=precision, batch_size=batch_size
+        )
         family = inference_module(bundle.meta.family)
         self.analyser = TiledAnalyser(
             self.backend.infer,
@@ -81,6 +89,8 @@ class Inspector:
             input_scale=bundle.meta.input_scale,
             global_branch=family.build_global(bundle.meta, bundle.tensors),
             margin_px=bundle.meta.tiles.margin_px,
+            mode=mode,
+            whole_bytes_per_px=activation_bytes_per_px(bundle) if mode == "auto" else None,
         )
         self.mm_per_px: float | None = None
 

@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "calibrate": "appliance.cli.calibrate",
     "predict": "appliance.cli.predict",
     "eval": "appliance.cli.evaluate",
+    "export": "appliance.cli.export",
+    "bench": "appliance.cli.bench",
     "config": "appliance.cli.config_cmd",
     "records": "appliance.cli.records_cmd",
     "demo": "appliance.cli.demo",
