@@ -51,11 +51,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class CropSampler:
-    """Random square crops (multiples of 32) from images of any size, reflect-padded if small."""
+MARGIN_PX = TileSpec().margin_px
 
-    def __init__(self, images: list[np.ndarray], *, crop_px: int, seed: int) -> None:
-        self.images = images
+
+def with_margin(img: np.ndarray, margin_px: int = MARGIN_PX) -> np.ndarray:
+    """The image reflect-padded by `margin_px` on every side, as inference pads a frame before tiling.
+
+    Training, the held-out statistics and the first threshold all see frames this
+    way, so a frame's border (mirrored content within the margin) is normal to
+    the model rather than a false peak on every good part."""
+    if margin_px <= 0:
+        return img
+    pad = ((margin_px, margin_px), (margin_px, margin_px)) + ((0, 0),) * (img.ndim - 2)
+    return np.pad(img, pad, mode="reflect" if min(img.shape[:2]) > margin_px else "edge")
+
+
+class CropSampler:
+    """Random square crops (multiples of 32) from images of any size, reflect-padded if small.
+
+    Crops are drawn from the images padded with the inference frame margin
+    (`with_margin`), so crops at the border look like inference's border tiles."""
+
+    def __init__(
+        self, images: list[np.ndarray], *, crop_px: int, seed: int, margin_px: int = MARGIN_PX
+    ) -> None:
+        self.images = [with_margin(img, margin_px) for img in images]
         self.crop_px = crop_px
         self.rng = np.random.default_rng(seed)
 
@@ -105,6 +125,27 @@ def split_holdout(
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce_setting(key: str, value: Any, default: Any) -> Any:
+    """A `--set KEY=VALUE` value in the type of the profile's default; `ModelError` names the key."""
+    if not isinstance(value, str) or isinstance(default, list | tuple) or default is None:
+        return value
+    text = value.strip()
+    if isinstance(default, bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ModelError(f"setting {key}={value!r}: expected true or false")
+    try:
+        return type(default)(text)
+    except ValueError:
+        kind = {int: "a whole number", float: "a number"}.get(type(default), type(default).__name__)
+        raise ModelError(f"setting {key}={value!r}: expected {kind} (the default is {default!r})") from None
+
+
 def train_bundle(
     *,
     family: str,
@@ -134,7 +175,7 @@ def train_bundle(
     for key, value in (overrides or {}).items():
         if key not in settings:
             raise ModelError(f"unknown setting {key!r} for {family}: allowed {', '.join(sorted(settings))}")
-        settings[key] = type(settings[key])(value) if not isinstance(settings[key], list | tuple) else value
+        settings[key] = coerce_setting(key, value, settings[key])
     settings["tile_px"] = tile_px
     seed_everything(seed)
     paths = train_images(data, limit=limit)
@@ -176,22 +217,34 @@ def holdout_quantiles(
     *,
     tile_px: int,
     max_values: int = 4_000_000,
+    margin_px: int = MARGIN_PX,
 ) -> np.ndarray:
-    """Per-channel (q_low, q_high) of `raw_fn`'s pre-normalisation maps over held-out good tiles.
+    """Per-channel (q_low, q_high) of `raw_fn`'s pre-normalisation maps over held-out good tiles
+    (cut from the frames padded with the inference margin, as inference cuts them).
 
     `raw_fn` maps (B, 3, t, t) in [0, 1] to (B, C, h, w); returns an array (C, 2)."""
     from pipelines.tiling import TilePlan
 
     values: list[np.ndarray] = []
     with torch.inference_mode():
-        for img in held:
+        for frame in held:
+            h, w = frame.shape[:2]
+            img = with_margin(frame, margin_px)
             plan = TilePlan.for_shape(
                 height_px=img.shape[0], width_px=img.shape[1], tile_px=tile_px, overlap_px=0
             )
             tiles = plan.tiles(img)
+            positions = plan.positions()
             for i in range(0, len(tiles), 8):
                 m = raw_fn(to_tensor(tiles[i : i + 8]))
-                values.append(m.permute(1, 0, 2, 3).reshape(m.shape[1], -1).numpy())
+                stride = tile_px / m.shape[-1]
+                centres = (np.arange(m.shape[-1]) + 0.5) * stride
+                for k, (y, x) in enumerate(positions[i : i + 8]):
+                    # Only the map over the frame itself: inference crops the margin (and any padding) away.
+                    rows = (y + centres >= margin_px) & (y + centres < margin_px + h)
+                    cols = (x + centres >= margin_px) & (x + centres < margin_px + w)
+                    kept = m[k][:, rows][:, :, cols]
+                    values.append(kept.reshape(m.shape[1], -1).numpy())
     allv = np.concatenate(values, axis=1)
     if allv.shape[1] > max_values:
         rng = np.random.default_rng(0)
@@ -218,7 +271,11 @@ def first_calibration(
     from pipelines.inference import TiledAnalyser, torch_infer
 
     analyser = TiledAnalyser(
-        torch_infer(net), tile_px=tile_px, overlap_px=overlap_px, global_branch=global_branch
+        torch_infer(net),
+        tile_px=tile_px,
+        overlap_px=overlap_px,
+        global_branch=global_branch,
+        margin_px=margin_px,
     )
     scores = np.array([analyser(img).score for img in held])
     try:

@@ -86,6 +86,25 @@ def test_train_predict_eval_through_the_cli(
         assert key in report
 
 
+def test_auto_weights_the_tile_modules_by_their_pseudo_defect_auroc(tiny_print: Path, tmp_path: Path) -> None:
+    from pipelines.bundle import load_bundle
+
+    bundle = tmp_path / "b"
+    argv = ["train", "--model", "bvpn", "--data", str(tiny_print), "--out", str(bundle), "--no-progress"]
+    assert main([*argv, *TINY]) == 0
+    b = load_bundle(bundle)
+    info = b.meta.training["tile_modules"]
+    assert info["method"].startswith("auto")
+    aurocs = [info["pseudo_auroc"]["focus"], info["pseudo_auroc"]["peripheral"]]
+    weights = b.tensors["net.weights"].tolist()
+    assert weights == pytest.approx(info["weights"], abs=1e-4) and max(weights) == pytest.approx(1.0)
+    # The better module has weight 1; a module no better than chance has weight 0.
+    best = int(np.argmax(aurocs))
+    assert weights[best] == pytest.approx(1.0)
+    for a, w in zip(aurocs, weights, strict=True):
+        assert (w == 0.0) == (a <= 0.5)
+
+
 def test_ablation_switch_is_honoured(tiny_print: Path, tmp_path: Path) -> None:
     from pipelines.bundle import load_bundle
 

@@ -191,7 +191,18 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         }
     else:
         logical_info = {"used": False}
-    net.weights.copy_(torch.tensor([float("focus" in modules), float("peripheral" in modules)]))
+    enabled = torch.tensor([float("focus" in modules), float("peripheral" in modules)])
+    net.weights.copy_(enabled)
+    weighting: dict[str, Any] = {"method": "enabled modules, equal weights"}
+    if auto and float(enabled.sum()) > 1:
+        weights, aurocs = tile_module_weights(net, held, tile_px=tile_px, seed=seed)
+        net.weights.copy_(weights)
+        weighting = {
+            "method": "auto: pseudo-defect AUROC on held-out good images",
+            "pseudo_auroc": {"focus": round(aurocs[0], 4), "peripheral": round(aurocs[1], 4)},
+            "weights": [round(float(v), 4) for v in weights],
+        }
+        log.info("tile module weights %s from pseudo-defect AUROC %s", weighting["weights"], aurocs)
     tensors = {**tensors, **module_tensors(net, "net")}
     calibration = first_calibration(net, logical, held, tile_px=tile_px)
     return Fitted(
@@ -203,6 +214,41 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             "held_out": len(held),
             "map_quantiles": q.tolist(),
             "logical": logical_info,
+            "tile_modules": weighting,
             "calibration": calibration,
         },
     )
+
+
+def tile_module_weights(
+    net: BVPNTileNet, held: list[np.ndarray], *, tile_px: int, seed: int, per_image: int = 2
+) -> tuple[torch.Tensor, list[float]]:
+    """Weights of the focus and peripheral maps from how well each separates artificial defects
+    (`pipelines.pseudo_defects`) from the held-out good images: weight = AUROC - 0.5 (0 when a
+    map does no better than chance), scaled so the best module has weight 1.
+
+    Which module sees a product's defects depends on the product (fine print: the focus
+    module; textured surfaces: often the peripheral one), and a module that cannot see them
+    only adds noise to the mean of the maps."""
+    from pipelines.inference import TiledAnalyser, torch_infer
+    from pipelines.metrics import image_auroc
+    from pipelines.pseudo_defects import add_pseudo_defect
+    from pipelines.training import MARGIN_PX
+
+    rng = np.random.default_rng(seed + 7919)
+    defective = [add_pseudo_defect(img, rng)[0] for img in held for _ in range(per_image)]
+    saved = net.weights.clone()
+    aurocs = []
+    try:
+        for one_hot in ([1.0, 0.0], [0.0, 1.0]):
+            net.weights.copy_(torch.tensor(one_hot))
+            analyse = TiledAnalyser(torch_infer(net), tile_px=tile_px, overlap_px=0, margin_px=MARGIN_PX)
+            good = [analyse(img).tile_score for img in held]
+            bad = [analyse(img).tile_score for img in defective]
+            aurocs.append(image_auroc(np.r_[good, bad], np.r_[np.zeros(len(good)), np.ones(len(bad))]))
+    finally:
+        net.weights.copy_(saved)
+    gain = torch.tensor([max(0.0, a - 0.5) for a in aurocs])
+    if float(gain.max()) <= 0.0:
+        return saved, aurocs
+    return gain / gain.max(), aurocs

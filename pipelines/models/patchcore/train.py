@@ -13,7 +13,14 @@ from pipelines.backbone import frozen_features
 from pipelines.models.base import module_tensors, upsample_to
 from pipelines.models.patchcore.model import PatchCoreNet
 from pipelines.tiling import TilePlan
-from pipelines.training import Fitted, first_calibration, holdout_quantiles, split_holdout, to_tensor
+from pipelines.training import (
+    Fitted,
+    first_calibration,
+    holdout_quantiles,
+    split_holdout,
+    to_tensor,
+    with_margin,
+)
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
@@ -76,6 +83,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     chunks = []
     with torch.inference_mode():
         for img in tqdm(train, desc="embedding", disable=not progress, unit="img"):
+            img = with_margin(img)
             plan = TilePlan.for_shape(
                 height_px=img.shape[0], width_px=img.shape[1], tile_px=tile_px, overlap_px=0
             )
