@@ -16,17 +16,21 @@ parts then rejects good parts, or misses bad ones. These checks catch it:
 `CaptureReference.from_frames` records focus and brightness from good frames
 at commissioning (`aoi calibrate capture-reference`); `check(frame, reference,
 settings)` measures one frame in a few milliseconds and returns a
-`CaptureReport` with one sentence per problem.
+`CaptureReport` with one sentence per problem. On the line, `CaptureMonitor`
+checks every n-th raw frame, raises an alarm after `alarm_after_frames`
+failing checks in a row and clears it after as many passing ones, and (with
+`action: reject`) makes a failing frame UNINSPECTED.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -37,6 +41,7 @@ from calibration.store import load_artefact, save_artefact
 from drivers.settings import Settings
 
 __all__ = [
+    "CaptureMonitor",
     "CaptureReference",
     "CaptureReport",
     "CaptureSettings",
@@ -104,6 +109,21 @@ class CaptureSettings(Settings):
         default=4, ge=1, le=16, description="Focus is measured on a grid of this many tiles per side [tiles]."
     )
     focus_tile_px: int = Field(default=192, ge=16, description="Side of each focus tile [px].")
+    every_n_frames: int = Field(
+        default=1, ge=1, le=10_000, description="On the line, check every n-th frame [frames]."
+    )
+    alarm_after_frames: int = Field(
+        default=3,
+        ge=1,
+        le=10_000,
+        description="On the line, raise the capture alarm after this many failing checks in a row, and "
+        "clear it after as many passing ones [checked frames].",
+    )
+    action: Literal["alarm", "reject"] = Field(
+        default="alarm",
+        description="On the line, what a failing check does: 'alarm' raises the alarm and still "
+        "inspects the frame; 'reject' also makes the frame UNINSPECTED (rejected) with the reason.",
+    )
 
     @model_validator(mode="after")
     def _verify(self) -> CaptureSettings:
@@ -310,6 +330,91 @@ def check(
         brightness=stats.brightness,
         time_ms=1000.0 * (time.perf_counter() - t0),
     )
+
+
+class CaptureMonitor:
+    """The capture checks on a running line: debounced into an alarm, and counted.
+
+    `observe(pixels)` is called by the inspection worker with every raw frame
+    (before flat-field and alignment); `status()` and `alarm` may be read from
+    any thread."""
+
+    def __init__(self, settings: CaptureSettings, reference: CaptureReference | None = None) -> None:
+        self.settings = settings
+        self.reference = reference
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._checked = 0
+        self._failed = 0
+        self._fail_run = 0
+        self._pass_run = 0
+        self._alarm: str | None = None
+        self._last: CaptureReport | None = None
+
+    @classmethod
+    def from_settings(cls, settings: CaptureSettings) -> CaptureMonitor | None:
+        """The monitor a config's `capture:` section asks for (loading its reference), or None."""
+        if not settings.enabled:
+            return None
+        reference = CaptureReference.load(settings.reference_path) if settings.reference_path else None
+        return cls(settings, reference)
+
+    def observe(self, pixels: np.ndarray) -> CaptureReport | None:
+        """Check this frame if it is the n-th; the report, or None when it was not checked."""
+        with self._lock:
+            self._seen += 1
+            due = (self._seen - 1) % self.settings.every_n_frames == 0
+        if not due:
+            return None
+        report = check(pixels, self.reference, self.settings)
+        with self._lock:
+            self._checked += 1
+            self._last = report
+            limit = self.settings.alarm_after_frames
+            if report.ok:
+                self._pass_run += 1
+                self._fail_run = 0
+                if self._alarm is not None and self._pass_run >= limit:
+                    self._alarm = None
+            else:
+                self._failed += 1
+                self._fail_run += 1
+                self._pass_run = 0
+                if self._fail_run >= limit:
+                    self._alarm = "capture: " + "; ".join(report.problems)
+        return report
+
+    def rejects(self, report: CaptureReport | None) -> bool:
+        """Whether this report makes its frame UNINSPECTED (`action: reject` and a failed check)."""
+        return report is not None and not report.ok and self.settings.action == "reject"
+
+    @property
+    def alarm(self) -> str | None:
+        """The alarm message while the checks keep failing, else None."""
+        with self._lock:
+            return self._alarm
+
+    def status(self) -> dict[str, Any]:
+        """Counts, the alarm and the last report, JSON-ready."""
+        with self._lock:
+            last = self._last
+            return {
+                "checked": self._checked,
+                "failed": self._failed,
+                "alarm": self._alarm,
+                "reference": self.reference is not None,
+                "last": None
+                if last is None
+                else {
+                    "ok": last.ok,
+                    "focus_ratio": last.focus_ratio,
+                    "brightness_drift_pct": last.brightness_drift_pct,
+                    "saturated_fraction": last.saturated_fraction,
+                    "dark_fraction": last.dark_fraction,
+                    "problems": list(last.problems),
+                    "time_ms": last.time_ms,
+                },
+            }
 
 
 def _full_scale(dtype: np.dtype, bit_depth: int | None) -> float:

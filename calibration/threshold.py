@@ -10,6 +10,13 @@ when its score is >= the threshold. Three ways to choose:
 - `threshold_f1`: the best F1 on good and defective images.
 - `threshold_cost`: the least expected cost of false rejects and missed defects.
 
+The pixel threshold (which pixels of an anomaly map make up a defect blob, and
+so its box and area) is set separately, from sampled map values
+(`sample_map_pixels`): `pixel_threshold_for_fpr` from good images only (a
+target share of good pixels above it), `pixel_threshold_f1` from defective
+images with ground-truth masks (the best pixel F1). `aoi calibrate` caps it at
+the image threshold, so every NG part shows at least the region of its peak.
+
 Every result carries the Clopper-Pearson upper confidence bound on the true
 FRR given how many good images were at or above the threshold, and one
 sentence saying what that means, for the operator and the bundle.
@@ -34,6 +41,9 @@ __all__ = [
     "ThresholdResult",
     "clopper_pearson_upper",
     "images_needed",
+    "pixel_threshold_f1",
+    "pixel_threshold_for_fpr",
+    "sample_map_pixels",
     "threshold_cost",
     "threshold_f1",
     "threshold_for_frr",
@@ -380,3 +390,63 @@ def _pct_up(x: float) -> str:
     if up >= 1.0:
         decimals = 1
     return f"{min(up, 100.0):.{decimals}f}%"
+
+
+def sample_map_pixels(
+    anomaly_map: np.ndarray, mask: np.ndarray | None = None, *, max_samples: int = 65_536
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """An even, deterministic sample of a map's values (and of its mask, same pixels).
+
+    Every k-th pixel in each direction, k chosen so at most about `max_samples`
+    remain: defective and good pixels are sampled at the same rate, so pixel
+    F1 on the sample estimates pixel F1 on the images."""
+    if anomaly_map.ndim != 2:
+        raise CalibrationError(f"an anomaly map must be HxW, got shape {anomaly_map.shape}")
+    if mask is not None and mask.shape[:2] != anomaly_map.shape:
+        raise CalibrationError(
+            f"mask of shape {mask.shape[:2]} does not match its image's map {anomaly_map.shape}: "
+            f"give the masks of exactly these images, at their size"
+        )
+    h, w = anomaly_map.shape
+    k = max(1, math.ceil(math.sqrt(h * w / max(1, max_samples))))
+    values = np.ascontiguousarray(anomaly_map[::k, ::k], dtype=np.float32).ravel()
+    labels = None if mask is None else (np.asarray(mask)[::k, ::k] > 0).ravel()
+    return values, labels
+
+
+def pixel_threshold_for_fpr(good_pixels: npt.ArrayLike, *, target_fpr: float) -> float:
+    """The map value above which about `target_fpr` of good pixels lie (the empirical quantile)."""
+    values = _scores(np.asarray(good_pixels, dtype=np.float64).ravel(), "good pixel values", "good")
+    if not (0.0 < target_fpr < 1.0):
+        raise CalibrationError(
+            f"pixel false-positive rate {target_fpr!r} must be a fraction between 0 and 1, e.g. 0.001"
+        )
+    if values.size * target_fpr < 1.0:
+        raise CalibrationError(
+            f"{values.size} good pixel samples are too few for a pixel false-positive rate of "
+            f"{_pct_plain(target_fpr)}: give more good images or a larger rate"
+        )
+    return _quantile_threshold(np.sort(values)[::-1], math.floor(target_fpr * values.size + 1e-9))
+
+
+def pixel_threshold_f1(values: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]:
+    """The map value with the best pixel F1 (defective = positive): (threshold, F1)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=bool).ravel()
+    if v.size != y.size:
+        raise CalibrationError(f"{v.size} pixel values but {y.size} labels: they must pair up")
+    bad, good = v[y], v[~y]
+    if bad.size == 0:
+        raise CalibrationError(
+            "the masks mark no defective pixel: give the ground-truth masks of the defective images"
+        )
+    if good.size == 0:
+        raise CalibrationError(
+            "the masks mark every pixel defective: check the masks (0 = good, >0 = defect)"
+        )
+    good = _scores(good, "good pixel values", "good")
+    bad = _scores(bad, "defective pixel values", "defective")
+    thresholds, n_fp, n_tp = _cut_points(good, bad)
+    f1 = 2.0 * n_tp / (n_tp + n_fp + bad.size)
+    best = int(np.argmax(f1))
+    return float(thresholds[best]), float(f1[best])

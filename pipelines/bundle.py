@@ -55,7 +55,13 @@ class Calibration(Settings):
     image_threshold: float = Field(default=1.0, description="image score at or above which a part is NG")
     pixel_threshold: float = Field(default=1.0, description="map value above which a pixel is defective")
     min_defect_area_px: int = Field(
-        default=0, description="blobs smaller than this do not make a part NG (px)"
+        default=0, ge=0, description="blobs smaller than this do not make a part NG (px)"
+    )
+    min_defect_area_mm2: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="blobs smaller than this do not make a part NG (mm^2; needs the line's pixel scale; "
+        "with min_defect_area_px too, the larger of the two applies)",
     )
     method: str = Field(default="uncalibrated", description="how the thresholds were set")
     details: dict[str, Any] = Field(default_factory=dict, description="the data the thresholds came from")

@@ -6,6 +6,7 @@ line, the GUI), so the maths exists once.
 
 from __future__ import annotations
 
+import math
 import time
 
 import cv2
@@ -16,6 +17,7 @@ from drivers.verdict import Defect, Result, Verdict
 from pipelines.backends.registry import create_backend
 from pipelines.bundle import Bundle, Calibration
 from pipelines.data import to_rgb8
+from pipelines.errors import ModelError
 from pipelines.export import activation_bytes_per_px
 from pipelines.inference import Analysis, TiledAnalyser
 from pipelines.models.registry import inference_module
@@ -40,19 +42,33 @@ def find_defects(
     return tuple(defects)
 
 
+def min_area_in_px(calibration: Calibration, mm_per_px: float | None) -> int:
+    """The minimum defect area in pixels: the larger of `min_defect_area_px` and `min_defect_area_mm2`."""
+    area = calibration.min_defect_area_px
+    if calibration.min_defect_area_mm2 > 0:
+        if not mm_per_px:
+            raise ModelError(
+                f"the bundle's min_defect_area_mm2 ({calibration.min_defect_area_mm2:g} mm^2) needs a pixel "
+                f"scale: give one (config `scale:` section, or --mm-per-px)"
+            )
+        area = max(area, math.ceil(calibration.min_defect_area_mm2 / mm_per_px**2 - 1e-9))
+    return area
+
+
 def decide(
     analysis: Analysis, calibration: Calibration, *, mm_per_px: float | None = None
 ) -> tuple[Result, tuple[Defect, ...]]:
     """NG when the image score reaches the threshold and, if a minimum defect
     area is set, a blob at least that large exists (or the layout is wrong)."""
+    min_area_px = min_area_in_px(calibration, mm_per_px)
     defects = find_defects(
         analysis.anomaly_map,
         pixel_threshold=calibration.pixel_threshold,
-        min_area_px=calibration.min_defect_area_px,
+        min_area_px=min_area_px,
         mm_per_px=mm_per_px,
     )
     ng = analysis.score >= calibration.image_threshold
-    if ng and calibration.min_defect_area_px > 0:
+    if ng and min_area_px > 0:
         logical = analysis.global_score is not None and analysis.global_score >= calibration.image_threshold
         ng = bool(defects) or logical
     return (Result.NG if ng else Result.OK), defects

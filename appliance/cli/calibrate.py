@@ -1,10 +1,15 @@
 """`aoi calibrate`: thresholds from data (default), and the commissioning steps.
 
-`aoi calibrate --bundle B --good DIR [--bad DIR]` (or `aoi calibrate threshold ...`)
-sets the image and pixel thresholds in the bundle: from good images only it
-aims at a target false-reject rate and says what the number of images
-supports; with defective images too it picks the F1-optimal threshold (or a
-cost-weighted one).
+`aoi calibrate --bundle B --good DIR [--bad DIR [--masks DIR]]` (or
+`aoi calibrate threshold ...`) sets the image and pixel thresholds in the
+bundle. Image threshold: from good images only it aims at a target
+false-reject rate and says what the number of images supports; with defective
+images too it picks the F1-optimal threshold (or a cost-weighted one). Pixel
+threshold (what makes up a defect's blob, box and area): with ground-truth
+masks of the defective images the best pixel F1, else the level that
+`--pixel-fpr` of good pixels exceed; never above the image threshold, so every
+NG part shows where. A minimum defect area (px or mm^2) keeps smaller blobs
+from making a part NG.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 
 from appliance.cli.common import add_progress_flag, existing_dir, print_json
+from appliance.errors import ConfigError
 
 
 def _threshold_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +42,26 @@ def _threshold_args(p: argparse.ArgumentParser) -> None:
         help="with --bad: cost of a false reject and of a missed defect",
     )
     p.add_argument(
+        "--masks",
+        default=None,
+        help="with --bad: folder of their ground-truth masks (STEM.png or STEM_mask.png, >0 = defect) "
+        "for a pixel threshold with the best pixel F1",
+    )
+    p.add_argument(
+        "--pixel-fpr",
+        type=float,
+        default=0.001,
+        help="without --masks: share of good pixels allowed above the pixel threshold (fraction, "
+        "default 0.001)",
+    )
+    p.add_argument(
         "--min-defect-area", type=int, default=None, help="blobs smaller than this never make NG (px)"
+    )
+    p.add_argument(
+        "--min-defect-area-mm2",
+        type=float,
+        default=None,
+        help="blobs smaller than this never make NG (mm^2; the line converts it with its pixel scale)",
     )
     p.add_argument("--backend", default="auto", help="inference backend")
     add_progress_flag(p)
@@ -58,8 +84,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run_threshold(args: argparse.Namespace) -> int:
-    from appliance.errors import ConfigError
-    from calibration.threshold import threshold_cost, threshold_f1, threshold_for_frr
+    from calibration.threshold import (
+        pixel_threshold_f1,
+        pixel_threshold_for_fpr,
+        sample_map_pixels,
+        threshold_cost,
+        threshold_f1,
+        threshold_for_frr,
+    )
     from pipelines.bundle import Calibration, load_bundle, update_meta
     from pipelines.data import list_images
     from pipelines.evaluation import analyse_paths
@@ -69,22 +101,45 @@ def run_threshold(args: argparse.Namespace) -> int:
         raise ConfigError(
             "aoi calibrate needs --bundle and --good (or a step: threshold, flatfield, scale, ...)"
         )
+    if args.masks and not args.bad:
+        raise ConfigError("--masks are the masks of the --bad images: give --bad too")
+    if not (0.0 < args.pixel_fpr < 1.0):
+        raise ConfigError(f"--pixel-fpr {args.pixel_fpr} must be a fraction between 0 and 1, e.g. 0.001")
+    for flag, value in (
+        ("--min-defect-area", args.min_defect_area),
+        ("--min-defect-area-mm2", args.min_defect_area_mm2),
+    ):
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{flag} {value} must be zero or a positive area")
     bundle = load_bundle(args.bundle)
     inspector = Inspector(bundle, backend=args.backend)
     good_paths = list_images(existing_dir(args.good, what="--good"))
     if not good_paths:
         raise ConfigError(f"--good {args.good} contains no images")
-    progress = not args.no_progress
-    good = np.array(
-        [a.score for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images")]
-    )
+    bad_paths = []
+    mask_paths = []
     if args.bad:
         bad_paths = list_images(existing_dir(args.bad, what="--bad"))
         if not bad_paths:
             raise ConfigError(f"--bad {args.bad} contains no images")
-        bad = np.array(
-            [a.score for _, a in analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")]
-        )
+        if args.masks:
+            masks_dir = existing_dir(args.masks, what="--masks")
+            mask_paths = [_mask_for(masks_dir, path) for path in bad_paths]
+    progress = not args.no_progress
+    good_list, good_pixels = [], []
+    for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
+        good_list.append(a.score)
+        good_pixels.append(sample_map_pixels(a.anomaly_map)[0])
+    good = np.array(good_list)
+    if args.bad:
+        bad_list, pixel_values, pixel_labels = [], [], []
+        for i, (_, a) in enumerate(analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")):
+            bad_list.append(a.score)
+            if mask_paths:
+                values, labels = sample_map_pixels(a.anomaly_map, _read_mask(mask_paths[i]))
+                pixel_values.append(values)
+                pixel_labels.append(labels)
+        bad = np.array(bad_list)
         if args.cost:
             try:
                 fr, miss = (float(x) for x in args.cost.split(":"))
@@ -97,18 +152,67 @@ def run_threshold(args: argparse.Namespace) -> int:
             result = threshold_f1(good, bad, confidence=args.confidence)
     else:
         result = threshold_for_frr(good, target_frr=args.target_frr, confidence=args.confidence)
+    if mask_paths:
+        values = np.concatenate([*good_pixels, *pixel_values])
+        labels = np.concatenate([np.zeros(sum(v.size for v in good_pixels), bool), *pixel_labels])
+        pixel, pixel_f1 = pixel_threshold_f1(values, labels)
+        pixel_how = {"pixel_method": "pixel_f1", "pixel_f1": pixel_f1}
+    else:
+        pixel = pixel_threshold_for_fpr(np.concatenate(good_pixels), target_fpr=args.pixel_fpr)
+        pixel_how = {"pixel_method": "pixel_fpr", "pixel_fpr": args.pixel_fpr}
+    pixel_how["pixel_capped_at_image_threshold"] = bool(pixel > result.threshold)
+    pixel = min(pixel, float(result.threshold))
     old = bundle.meta.calibration
     calibration = Calibration(
         image_threshold=float(result.threshold),
-        pixel_threshold=float(result.threshold),
+        pixel_threshold=float(pixel),
         min_defect_area_px=args.min_defect_area
         if args.min_defect_area is not None
         else old.min_defect_area_px,
+        min_defect_area_mm2=args.min_defect_area_mm2
+        if args.min_defect_area_mm2 is not None
+        else old.min_defect_area_mm2,
         method=result.method,
-        details={**result.to_dict(), "good": str(args.good), "bad": str(args.bad) if args.bad else None},
+        details={
+            **result.to_dict(),
+            **pixel_how,
+            "good": str(args.good),
+            "bad": str(args.bad) if args.bad else None,
+            "masks": str(args.masks) if args.masks else None,
+        },
     )
     update_meta(bundle, calibration=calibration)
     if not result.supported:
         print(f"warning: {result.message}")
-    print_json(result.to_dict())
+    print_json(
+        {
+            **result.to_dict(),
+            "pixel_threshold": calibration.pixel_threshold,
+            **pixel_how,
+            "min_defect_area_px": calibration.min_defect_area_px,
+            "min_defect_area_mm2": calibration.min_defect_area_mm2,
+        }
+    )
     return 0
+
+
+def _mask_for(masks_dir: Path, image: Path) -> Path:
+    """The ground-truth mask of `image` in `masks_dir`: STEM_mask.png or STEM.png (MVTec names both ways)."""
+    for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
+        if (masks_dir / name).is_file():
+            return masks_dir / name
+    raise ConfigError(
+        f"--masks {masks_dir} has no mask for {image.name} ({image.stem}_mask.png or {image.stem}.png): "
+        f"give the masks of exactly the --bad images"
+    )
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    import cv2
+
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ConfigError(
+            f"mask {path} is not a readable image: give 8-bit PNG masks (0 = good, >0 = defect)"
+        )
+    return mask

@@ -21,6 +21,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--backend", default="auto", help="inference backend (auto, torch, ...)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
     p.add_argument("--no-maps", action="store_true", help="write scores.csv only")
+    p.add_argument(
+        "--mm-per-px",
+        type=float,
+        default=None,
+        help="pixel scale (mm/px); needed when the bundle sets a minimum defect area in mm^2",
+    )
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -29,13 +35,16 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.bundle import load_bundle
     from pipelines.data import list_images
     from pipelines.evaluation import analyse_paths
-    from pipelines.inspector import Inspector, decide
+    from pipelines.inspector import Inspector, decide, min_area_in_px
 
     root = existing_dir(args.input, what="--input")
     paths = list_images(root)
     if not paths:
         raise ConfigError(f"--input {root} contains no images (png, jpg, bmp, tif)")
+    if args.mm_per_px is not None and not args.mm_per_px > 0:
+        raise ConfigError(f"--mm-per-px {args.mm_per_px} must be a positive number of mm per pixel")
     inspector = Inspector(load_bundle(args.bundle), backend=args.backend, threads=args.threads)
+    min_area_in_px(inspector.calibration, args.mm_per_px)  # refuse before writing anything
     out = Path(args.out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     tmp_csv = out / f".scores.csv.{os.getpid()}"
@@ -47,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             inspector, paths, progress=not args.no_progress, desc="predicting"
         ):
             rel = path.relative_to(root)
-            result, _ = decide(analysis, inspector.calibration)
+            result, _ = decide(analysis, inspector.calibration, mm_per_px=args.mm_per_px)
             counts[result.value] += 1
             writer.writerow([rel.as_posix(), f"{analysis.score:.6f}", result.value])
             if not args.no_maps:

@@ -109,3 +109,49 @@ def test_reference_round_trip_and_errors(tmp_path: Path) -> None:
         CaptureReference.from_frames([np.zeros((100, 100), np.uint8)])
     with pytest.raises(ValueError, match="dark_level"):
         CaptureSettings(dark_level=0.5, saturation_level=0.4)
+
+
+def test_monitor_debounces_the_alarm_and_clears_it_after_as_many_good_frames() -> None:
+    from calibration.capture import CaptureMonitor
+
+    settings = SETTINGS.model_copy(update={"enabled": True, "alarm_after_frames": 3})
+    monitor = CaptureMonitor(settings, _reference())
+    dark = _frame(seed=20, gain=0.7)
+    for i in range(2):
+        report = monitor.observe(dark)
+        assert report is not None and not report.ok
+        assert monitor.alarm is None, f"raised after {i + 1} failing frames"
+    monitor.observe(dark)
+    assert monitor.alarm is not None and "illumination drift" in monitor.alarm
+    assert not monitor.rejects(monitor.observe(dark))  # action "alarm": frames are still inspected
+    for _ in range(2):
+        monitor.observe(_frame(seed=21))
+        assert monitor.alarm is not None
+    monitor.observe(_frame(seed=22))
+    assert monitor.alarm is None
+    status = monitor.status()
+    assert status["checked"] == 7 and status["failed"] == 4 and status["last"]["ok"]
+
+
+def test_monitor_checks_every_nth_frame_and_rejects_when_told() -> None:
+    from calibration.capture import CaptureMonitor
+
+    settings = SETTINGS.model_copy(update={"every_n_frames": 3, "action": "reject", "alarm_after_frames": 1})
+    monitor = CaptureMonitor(settings, _reference())
+    blurred = _frame(seed=30, blur_px=3.0)
+    reports = [monitor.observe(blurred) for _ in range(7)]
+    assert [r is not None for r in reports] == [True, False, False, True, False, False, True]
+    assert monitor.rejects(reports[0]) and not monitor.rejects(None)
+    assert monitor.alarm is not None and "out of focus" in monitor.alarm
+    assert monitor.status()["checked"] == 3
+
+
+def test_monitor_from_settings_is_none_when_disabled_and_loads_the_reference(tmp_path: Path) -> None:
+    from calibration.capture import CaptureMonitor
+
+    assert CaptureMonitor.from_settings(CaptureSettings()) is None
+    path = _reference().save(tmp_path / "capture.npz")
+    monitor = CaptureMonitor.from_settings(CaptureSettings(enabled=True, reference_path=path))
+    assert monitor is not None and monitor.reference == _reference()
+    with pytest.raises(CalibrationError, match="not found"):
+        CaptureMonitor.from_settings(CaptureSettings(enabled=True, reference_path=tmp_path / "missing.npz"))

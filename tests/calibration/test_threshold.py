@@ -15,6 +15,9 @@ from calibration.threshold import (
     ThresholdResult,
     clopper_pearson_upper,
     images_needed,
+    pixel_threshold_f1,
+    pixel_threshold_for_fpr,
+    sample_map_pixels,
     threshold_cost,
     threshold_f1,
     threshold_for_frr,
@@ -220,3 +223,34 @@ def test_bad_input_raises_a_calibration_error_naming_the_thing(
     assert isinstance(info.value, ApplianceError)
     for word in words:
         assert word in str(info.value)
+
+
+def test_pixel_threshold_for_a_target_share_of_good_pixels_holds_on_fresh_maps() -> None:
+    rng = np.random.default_rng(4)
+    maps = [rng.gamma(2.0, 0.2, size=(300, 400)).astype(np.float32) for _ in range(6)]
+    samples = np.concatenate([sample_map_pixels(m, max_samples=20_000)[0] for m in maps])
+    assert samples.size == 6 * 100 * 134  # every 3rd pixel each way: ceil(sqrt(120000 / 20000))
+    threshold = pixel_threshold_for_fpr(samples, target_fpr=0.001)
+    fresh = rng.gamma(2.0, 0.2, size=(2000, 1000))
+    assert np.mean(fresh >= threshold) == pytest.approx(0.001, rel=0.25)
+    assert np.mean(samples >= threshold) <= 0.001
+    with pytest.raises(CalibrationError, match="too few"):
+        pixel_threshold_for_fpr(samples[:500], target_fpr=0.001)
+    with pytest.raises(CalibrationError, match="between 0 and 1"):
+        pixel_threshold_for_fpr(samples, target_fpr=1.5)
+
+
+def test_pixel_f1_threshold_separates_masked_defects() -> None:
+    rng = np.random.default_rng(5)
+    amap = rng.normal(0.5, 0.1, size=(200, 200)).astype(np.float32)
+    mask = np.zeros((200, 200), np.uint8)
+    mask[50:80, 60:100] = 255
+    amap[mask > 0] += 1.0
+    values, labels = sample_map_pixels(amap, mask, max_samples=10_000)
+    assert labels is not None and labels.mean() == pytest.approx(mask.astype(bool).mean(), rel=0.05)
+    threshold, f1 = pixel_threshold_f1(values, labels)
+    assert 0.8 < threshold < 1.2 and f1 > 0.98
+    with pytest.raises(CalibrationError, match="does not match"):
+        sample_map_pixels(amap, mask[:100])
+    with pytest.raises(CalibrationError, match="no defective pixel"):
+        pixel_threshold_f1(values, np.zeros_like(labels))

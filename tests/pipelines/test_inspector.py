@@ -15,8 +15,9 @@ from drivers.camera.scene import SceneRenderer
 from drivers.verdict import Result
 from pipelines.bundle import Calibration, load_bundle
 from pipelines.datasets.synth import write_mvtec_dataset
+from pipelines.errors import ModelError
 from pipelines.inference import Analysis
-from pipelines.inspector import Inspector, decide, find_defects
+from pipelines.inspector import Inspector, decide, find_defects, min_area_in_px
 from pipelines.preprocess import Preprocessor
 from pipelines.training import train_bundle
 
@@ -55,6 +56,24 @@ def test_find_defects_and_minimum_area() -> None:
         analysis, Calibration(image_threshold=1.0, pixel_threshold=1.0, min_defect_area_px=100)
     )
     assert result is Result.NG and len(kept) == 1
+
+
+def test_minimum_area_in_mm2_uses_the_pixel_scale() -> None:
+    m = np.zeros((100, 120), np.float32)
+    m[10:20, 10:30] = 2.0  # 200 px = 2.0 mm^2 at 0.1 mm/px
+    analysis = Analysis(score=2.0, anomaly_map=m, tile_score=2.0, global_score=None)
+    small = Calibration(image_threshold=1.0, pixel_threshold=1.0, min_defect_area_mm2=1.5)
+    large = Calibration(image_threshold=1.0, pixel_threshold=1.0, min_defect_area_mm2=2.5)
+    assert min_area_in_px(small, 0.1) == 150 and min_area_in_px(large, 0.1) == 250
+    assert decide(analysis, small, mm_per_px=0.1)[0] is Result.NG
+    assert decide(analysis, large, mm_per_px=0.1) == (Result.OK, ())
+    # At 0.05 mm/px the same 200 px blob is 0.5 mm^2: below 1.5 mm^2.
+    assert decide(analysis, small, mm_per_px=0.05)[0] is Result.OK
+    # With a pixel minimum too, the larger of the two applies.
+    both = small.model_copy(update={"min_defect_area_px": 300})
+    assert min_area_in_px(both, 0.1) == 300 and decide(analysis, both, mm_per_px=0.1)[0] is Result.OK
+    with pytest.raises(ModelError, match=r"min_defect_area_mm2 .* needs a pixel scale"):
+        decide(analysis, small)
 
 
 def _frame(pixels: np.ndarray, frame_id: int = 1) -> Frame:
