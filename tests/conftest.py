@@ -76,3 +76,23 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def tiny_print_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data, bundle): a 64 px synthetic print set in MVTec layout (12 train, 20 good and 6 `spot`
+    test images with masks) and a tiny PatchCore bundle trained on it, once per test session."""
+    from pipelines.datasets.synth import write_mvtec_dataset
+    from pipelines.training import train_bundle
+
+    root = tmp_path_factory.getbasetemp() / "aoi-tiny-print"
+    write_mvtec_dataset(
+        root / "data", product="print", width_px=64, height_px=64, n_train=12, n_test_good=20,
+        n_test_per_defect=6, defects=["spot"], seed=3, progress=False, overwrite=True,
+    )  # fmt: skip
+    train_bundle(
+        family="patchcore", data=root / "data", out=root / "bundle",
+        overrides={"bank_size": 200, "max_patches": 5000}, limit=12, tile_px=64, overlap_px=0,
+        progress=False, overwrite=True,
+    )  # fmt: skip
+    return root / "data", root / "bundle"

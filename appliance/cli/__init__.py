@@ -26,7 +26,9 @@ COMMANDS: dict[str, str] = {
     "bench": "appliance.cli.bench",
     "config": "appliance.cli.config_cmd",
     "records": "appliance.cli.records_cmd",
+    "run": "appliance.cli.run",
     "demo": "appliance.cli.demo",
+    "gui": "appliance.cli.gui",
 }
 
 

@@ -7,6 +7,7 @@ is needed. Prints one JSON object with --json.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from appliance.cli.common import parse_size, print_json
 from appliance.errors import ConfigError
@@ -31,6 +32,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "--profile", action="store_true", help="also report time per stage and per network sub-module"
     )
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the GEMM benchmark")
+    p.add_argument(
+        "--line",
+        action="store_true",
+        help="also run the real line (synthetic camera, queue, outputs, records, archive) and report its "
+        "overhead per frame (ms) and throughput against the bare inspector",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -49,6 +56,27 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{option} {value}: must be at least {least}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}: must be at least 1")
+    if args.line:
+        from appliance.line_bench import run_line_bench
+
+        line = run_line_bench(
+            Path(args.bundle),
+            backend=args.backend,
+            threads=args.threads,
+            width_px=width,
+            height_px=height,
+            runs=args.runs,
+        )
+        if args.json:
+            print_json(line)
+        else:
+            print(
+                f"line on {line['frame']}: bare inspector {line['bare_inspect_ms_median']:.0f} ms/frame; "
+                f"line overhead p50 {line['line_overhead_ms_p50']:.1f} ms, "
+                f"p99 {line['line_overhead_ms_p99']:.1f} ms; "
+                f"{line['line_inspected_fps']} inspected fps = {line['line_fps_over_bare']:.0%} of bare"
+            )
+        return 0
     result = run_bench(
         load_bundle(args.bundle),
         backend=args.backend,

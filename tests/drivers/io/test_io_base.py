@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import pytest
@@ -27,6 +28,9 @@ from drivers.io.base import (
     split_words,
 )
 from drivers.verdict import Result, Verdict
+
+VerdictFactory = Callable[..., Verdict]
+WaitFor = Callable[..., None]
 
 
 class FakeSettingsForTests(OutputSettings):
@@ -95,18 +99,6 @@ def make(**overrides: Any) -> FakeTransportOutputForTests:
     return FakeTransportOutputForTests(FakeSettingsForTests(**values))
 
 
-def verdict(frame_id: int, result: Result = Result.NG, part_id: str = "") -> Verdict:
-    return Verdict(frame_id=frame_id, part_id=part_id, timestamp_s=time.monotonic(), result=result, score=0.5)
-
-
-def wait_for(predicate: Any, *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
-
-
 def accounted(out: Output) -> int:
     s = out.status()
     return s.delivered + s.undelivered + s.queued
@@ -156,7 +148,7 @@ def test_wrong_settings_class_is_refused() -> None:
 # ------------------------------------------------------------------ behaviour
 
 
-def test_pulse_holds_data_and_separates_rejects() -> None:
+def test_pulse_holds_data_and_separates_rejects(verdict: VerdictFactory) -> None:
     out = make()
     try:
         assert out.connect()
@@ -190,7 +182,7 @@ def test_pulse_holds_data_and_separates_rejects() -> None:
     assert out.status().delivered == 4
 
 
-def test_publish_never_blocks_even_when_the_transport_is_slow() -> None:
+def test_publish_never_blocks_even_when_the_transport_is_slow(verdict: VerdictFactory) -> None:
     out = make(queue_size=8, max_age_ms=2000.0)
     out.send_delay_s = 0.1
     try:
@@ -209,7 +201,9 @@ def test_publish_never_blocks_even_when_the_transport_is_slow() -> None:
     assert accounted(out) == 100
 
 
-def test_queue_full_is_counted_logged_once_and_clears(caplog: pytest.LogCaptureFixture) -> None:
+def test_queue_full_is_counted_logged_once_and_clears(
+    caplog: pytest.LogCaptureFixture, verdict: VerdictFactory, wait_for: WaitFor
+) -> None:
     out = make(queue_size=4)
     with caplog.at_level(logging.WARNING, logger="drivers.io.base"):
         for i in range(10):
@@ -228,7 +222,7 @@ def test_queue_full_is_counted_logged_once_and_clears(caplog: pytest.LogCaptureF
             out.close()
 
 
-def test_old_verdicts_are_dropped_not_sent_late() -> None:
+def test_old_verdicts_are_dropped_not_sent_late(verdict: VerdictFactory) -> None:
     out = make(max_age_ms=100.0)
     out.publish(verdict(1))
     time.sleep(0.15)
@@ -242,7 +236,9 @@ def test_old_verdicts_are_dropped_not_sent_late() -> None:
     assert out.status().undelivered == 1 and out.status().delivered == 1
 
 
-def test_outage_alarm_backoff_and_recovery(caplog: pytest.LogCaptureFixture) -> None:
+def test_outage_alarm_backoff_and_recovery(
+    caplog: pytest.LogCaptureFixture, verdict: VerdictFactory, wait_for: WaitFor
+) -> None:
     out = make(heartbeat_period_ms=20.0, max_age_ms=1000.0)
     try:
         assert out.connect()
@@ -269,7 +265,7 @@ def test_outage_alarm_backoff_and_recovery(caplog: pytest.LogCaptureFixture) -> 
         out.close()
 
 
-def test_failed_send_is_retried_after_reconnect() -> None:
+def test_failed_send_is_retried_after_reconnect(verdict: VerdictFactory, wait_for: WaitFor) -> None:
     out = make(max_age_ms=2000.0)
     try:
         assert out.connect()
@@ -284,7 +280,7 @@ def test_failed_send_is_retried_after_reconnect() -> None:
         out.close()
 
 
-def test_close_drains_within_timeout_and_is_idempotent() -> None:
+def test_close_drains_within_timeout_and_is_idempotent(verdict: VerdictFactory) -> None:
     out = make()
     try:
         assert out.connect()
@@ -305,7 +301,7 @@ def test_close_drains_within_timeout_and_is_idempotent() -> None:
         out.connect()
 
 
-def test_close_while_down_counts_the_rest_and_returns_promptly() -> None:
+def test_close_while_down_counts_the_rest_and_returns_promptly(verdict: VerdictFactory) -> None:
     out = make(max_age_ms=5000.0)
     out.down.set()
     assert not out.connect(wait_s=0.2)
@@ -318,7 +314,7 @@ def test_close_while_down_counts_the_rest_and_returns_promptly() -> None:
     assert status.undelivered == 5 and status.delivered == 0 and status.queued == 0
 
 
-def test_close_without_connect() -> None:
+def test_close_without_connect(verdict: VerdictFactory) -> None:
     out = make()
     out.publish(verdict(1))
     out.close()
@@ -340,7 +336,7 @@ def test_heartbeat_alternates_at_its_period() -> None:
     assert 15 <= sum(periods) / len(periods) <= 60, periods
 
 
-def test_close_during_a_pulse_finishes_it_then_resets() -> None:
+def test_close_during_a_pulse_finishes_it_then_resets(verdict: VerdictFactory, wait_for: WaitFor) -> None:
     out = make(pulse_ms=80.0)
     try:
         assert out.connect()
@@ -356,7 +352,9 @@ def test_close_during_a_pulse_finishes_it_then_resets() -> None:
     assert out.status().delivered == 1
 
 
-def test_close_with_zero_timeout_cuts_the_pulse_short_but_leaves_it_inactive() -> None:
+def test_close_with_zero_timeout_cuts_the_pulse_short_but_leaves_it_inactive(
+    verdict: VerdictFactory, wait_for: WaitFor
+) -> None:
     out = make(pulse_ms=500.0, max_age_ms=2000.0)
     try:
         assert out.connect()

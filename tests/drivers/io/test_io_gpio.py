@@ -8,6 +8,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,9 @@ import pytest
 from drivers.errors import OutputError
 from drivers.io.gpio import GpioLine, GpioOutput, GpioOutputSettings, jetson_level
 from drivers.verdict import Result, Verdict
+
+VerdictFactory = Callable[..., Verdict]
+WaitFor = Callable[..., None]
 
 
 class FakeGpioLineForTests(GpioLine):
@@ -68,10 +72,6 @@ class FakeLines:
         return line
 
 
-def verdict(frame_id: int, result: Result) -> Verdict:
-    return Verdict(frame_id=frame_id, part_id="", timestamp_s=time.monotonic(), result=result, score=0.5)
-
-
 def settings(**overrides: Any) -> GpioOutputSettings:
     values: dict[str, Any] = {
         "line": 17,
@@ -86,16 +86,8 @@ def settings(**overrides: Any) -> GpioOutputSettings:
     return GpioOutputSettings(**values)
 
 
-def wait_for(predicate: Any, *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize("active_low", [False, True])
-def test_pulse_polarity_and_width(active_low: bool) -> None:
+def test_pulse_polarity_and_width(active_low: bool, verdict: VerdictFactory) -> None:
     lines = FakeLines()
     out = GpioOutput(settings(active_low=active_low), line_factory=lines)
     try:
@@ -141,7 +133,7 @@ def test_heartbeat_line_toggles() -> None:
     assert lines.built["reject"][0].transitions()[1:] == []  # no verdict, no pulse
 
 
-def test_lost_line_raises_the_alarm_and_recovers() -> None:
+def test_lost_line_raises_the_alarm_and_recovers(verdict: VerdictFactory, wait_for: WaitFor) -> None:
     lines = FakeLines()
     out = GpioOutput(settings(max_age_ms=150.0), line_factory=lines)
     try:
@@ -176,7 +168,7 @@ def test_missing_chip_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(not glob.glob("/dev/gpiochip*"), reason="no GPIO chip on this machine")
-def test_real_gpiod_line_pulses() -> None:
+def test_real_gpiod_line_pulses(verdict: VerdictFactory) -> None:
     pytest.importorskip("gpiod")
     chip = os.environ.get("AOI_TEST_GPIO_CHIP", sorted(glob.glob("/dev/gpiochip*"))[0])
     line = os.environ.get("AOI_TEST_GPIO_LINE")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,14 +13,12 @@ from drivers.errors import OutputError
 from drivers.io.log import LogOutput, LogOutputSettings
 from drivers.verdict import Result, Verdict
 
-
-def verdict(frame_id: int, result: Result, *, score: float = 0.5, part_id: str = "") -> Verdict:
-    return Verdict(
-        frame_id=frame_id, part_id=part_id, timestamp_s=time.monotonic(), result=result, score=score
-    )
+VerdictFactory = Callable[..., Verdict]
 
 
-def test_jsonl_records_verdicts_and_pulse_edges(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_jsonl_records_verdicts_and_pulse_edges(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, verdict: VerdictFactory
+) -> None:
     path = tmp_path / "outputs.jsonl"
     out = LogOutput(LogOutputSettings(path=path, pulse_ms=20.0, heartbeat_period_ms=0.0))
     with caplog.at_level(logging.INFO, logger="drivers.io.log"):
@@ -58,7 +56,7 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     out.close()
 
 
-def test_log_only_without_file() -> None:
+def test_log_only_without_file(verdict: VerdictFactory) -> None:
     out = LogOutput(LogOutputSettings(heartbeat_period_ms=10.0))
     try:
         assert out.connect()

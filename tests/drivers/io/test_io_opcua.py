@@ -8,17 +8,16 @@ PLC would see them. The outage test stops and restarts the same server.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import itertools
-import socket
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from drivers.io.opcua import OpcUaOutput, OpcUaOutputSettings, fit_integer
+from drivers.io.simulators import AsyncServerThread, level_edges, pulse_widths_ms
 from drivers.verdict import Result, Verdict
 
 pytest.importorskip("asyncua")
@@ -27,6 +26,8 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
 NAMESPACE = "urn:aoi:test-line"
+
+VerdictFactory = Callable[..., Verdict]
 
 VARIABLES: dict[str, tuple[Any, Any]] = {
     "Reject": (False, ua.VariantType.Boolean),
@@ -38,40 +39,18 @@ VARIABLES: dict[str, tuple[Any, Any]] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class OpcUaTestServer(AsyncServerThread):
+    """An asyncua server on 127.0.0.1; `writes` holds (time, variable name, value) per external write."""
 
-
-def verdict(frame_id: int, result: Result, *, part_id: str = "", score: float = 0.5) -> Verdict:
-    return Verdict(
-        frame_id=frame_id, part_id=part_id, timestamp_s=time.monotonic(), result=result, score=score
-    )
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
-
-
-class OpcUaTestServer:
-    """An asyncua server in a thread; `writes` holds (time, variable name, value) per external write."""
+    label = "OPC UA test server"
+    requires = ("asyncua", "pip install '.[plc]'")
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/aoi"
+        super().__init__()
+        self.endpoint = f"opc.tcp://{self.address}/aoi"
         self.writes: list[tuple[float, str, Any]] = []
         self._names: dict[Any, str] = {}
         self._server: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
 
     def _on_write(self, event: Any, _dispatcher: Any) -> None:
         if not event.is_external:
@@ -82,7 +61,7 @@ class OpcUaTestServer:
             if name is not None:
                 self.writes.append((now, name, item.Value.Value.Value))
 
-    async def _main(self) -> None:
+    async def _open(self) -> None:
         server = Server()
         await server.init()
         server.set_endpoint(self.endpoint)
@@ -94,75 +73,34 @@ class OpcUaTestServer:
             self._names[var.nodeid] = name
         server.subscribe_server_callback(CallbackType.PostWrite, self._on_write)
         self._server = server
-        self._stop = asyncio.Event()
         await server.start()
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await server.stop()
 
-    def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._thread_main, name="test-opcua-server", daemon=True)
-        self._thread.start()
-        assert self._ready.wait(20), "OPC UA test server did not start"
-        if self._error is not None:
-            raise self._error
-
-    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+    async def _close(self) -> None:
+        await self._server.stop()
 
     def go_down(self) -> None:
         """Stop listening and drop every session (the PLC is switched off)."""
-        self._call(self._server.stop())
+        self.call(self._server.stop())
 
     def come_back(self) -> None:
-        self._call(self._server.start())
-
-    def shutdown(self) -> None:
-        if self._thread is None:
-            return
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
-        assert not self._thread.is_alive(), "OPC UA test server did not stop"
-        self._thread = None
+        self.call(self._server.start())
 
     def values(self, name: str) -> list[Any]:
         return [value for _, n, value in list(self.writes) if n == name]
 
     def pulses_ms(self) -> list[float]:
-        edges: list[tuple[float, bool]] = []
-        state = False
-        for t, name, value in list(self.writes):
-            if name == "Reject" and bool(value) != state:
-                state = bool(value)
-                edges.append((t, state))
-        return [(b[0] - a[0]) * 1000.0 for a, b in itertools.pairwise(edges) if a[1] and not b[1]]
+        samples = [(t, int(bool(value))) for t, name, value in list(self.writes) if name == "Reject"]
+        return pulse_widths_ms(level_edges(samples))
 
 
 @pytest.fixture(scope="module")
 def opcua_server_module() -> Iterator[OpcUaTestServer]:
     server = OpcUaTestServer()
-    server.start()
+    server.start(timeout_s=20)
     try:
         yield server
     finally:
-        server.shutdown()
+        server.stop(timeout_s=20)
 
 
 @pytest.fixture
@@ -171,23 +109,19 @@ def opcua_server(opcua_server_module: OpcUaTestServer) -> OpcUaTestServer:
     return opcua_server_module
 
 
-def settings_for(server: OpcUaTestServer, **overrides: Any) -> OpcUaOutputSettings:
-    values: dict[str, Any] = {
-        "endpoint": server.endpoint,
-        "namespace_uri": NAMESPACE,
-        "object_path": ["AOI"],
-        "pulse_ms": 40.0,
-        "pulse_gap_ms": 10.0,
-        "heartbeat_period_ms": 50.0,
-        "connect_timeout_s": 2.0,
-        "io_timeout_s": 0.5,
-        "max_age_ms": 400.0,
-        "queue_size": 8,
-        "reconnect_min_s": 0.05,
-        "reconnect_max_s": 0.2,
-    }
-    values.update(overrides)
-    return OpcUaOutputSettings(**values)
+@pytest.fixture
+def settings_for(
+    opcua_server: OpcUaTestServer, fast_settings: Callable[..., Any]
+) -> Callable[..., OpcUaOutputSettings]:
+    """`settings_for(**overrides)`: settings for the test server, fast test timings."""
+    return functools.partial(
+        fast_settings,
+        OpcUaOutputSettings,
+        endpoint=opcua_server.endpoint,
+        namespace_uri=NAMESPACE,
+        object_path=["AOI"],
+        connect_timeout_s=2.0,
+    )
 
 
 def test_fit_integer() -> None:
@@ -198,8 +132,10 @@ def test_fit_integer() -> None:
 
 
 @pytest.mark.plc
-def test_reject_pulse_result_frame_and_part(opcua_server: OpcUaTestServer) -> None:
-    out = OpcUaOutput(settings_for(opcua_server))
+def test_reject_pulse_result_frame_and_part(
+    opcua_server: OpcUaTestServer, verdict: VerdictFactory, settings_for: Callable[..., OpcUaOutputSettings]
+) -> None:
+    out = OpcUaOutput(settings_for())
     try:
         assert out.connect()
         out.publish(verdict(2**32 + 9, Result.NG, part_id="LOT-9", score=1.75))
@@ -221,21 +157,22 @@ def test_reject_pulse_result_frame_and_part(opcua_server: OpcUaTestServer) -> No
 
 
 @pytest.mark.plc
-def test_heartbeat_toggles(opcua_server: OpcUaTestServer) -> None:
-    out = OpcUaOutput(settings_for(opcua_server, heartbeat_period_ms=30.0))
-    try:
-        assert out.connect()
-        time.sleep(0.35)
-    finally:
-        out.close()
+def test_heartbeat_toggles(
+    opcua_server: OpcUaTestServer,
+    settings_for: Callable[..., OpcUaOutputSettings],
+    run_connected: Callable[..., None],
+) -> None:
+    run_connected(OpcUaOutput(settings_for(heartbeat_period_ms=30.0)), 0.35)
     beats = opcua_server.values("Heartbeat")
     assert len(beats) >= 5, beats
     assert all(a != b for a, b in itertools.pairwise(beats[1:])), beats
 
 
 @pytest.mark.plc
-def test_missing_variable_is_a_clear_alarm(opcua_server: OpcUaTestServer) -> None:
-    out = OpcUaOutput(settings_for(opcua_server, object_path=["NoSuchObject"]))
+def test_missing_variable_is_a_clear_alarm(
+    opcua_server: OpcUaTestServer, settings_for: Callable[..., OpcUaOutputSettings]
+) -> None:
+    out = OpcUaOutput(settings_for(object_path=["NoSuchObject"]))
     try:
         assert not out.connect()
         status = out.status()
@@ -245,25 +182,16 @@ def test_missing_variable_is_a_clear_alarm(opcua_server: OpcUaTestServer) -> Non
 
 
 @pytest.mark.plc
-def test_server_down_then_back(opcua_server: OpcUaTestServer) -> None:
-    out = OpcUaOutput(settings_for(opcua_server))
+def test_server_down_then_back(
+    opcua_server: OpcUaTestServer,
+    verdict: VerdictFactory,
+    settings_for: Callable[..., OpcUaOutputSettings],
+    check_outage: Callable[..., None],
+) -> None:
+    out = OpcUaOutput(settings_for())
     try:
         assert out.connect()
-        opcua_server.go_down()
-        wait_for(lambda: not out.status().connected, timeout_s=5, what="the loss to be noticed")
-        assert "connection lost" in out.status().alarm
-
-        start = time.perf_counter()
-        for i in range(100):
-            out.publish(verdict(i, Result.NG))
-        assert time.perf_counter() - start < 0.25
-
-        wait_for(lambda: out.status().queued == 0, timeout_s=3, what="queued verdicts to expire")
-        assert out.status().undelivered == 100
-
-        opcua_server.come_back()
-        wait_for(lambda: out.status().connected, timeout_s=5, what="the reconnect")
-        assert out.status().reconnects == 1 and out.status().alarm == ""
+        check_outage(out, go_down=opcua_server.go_down, come_back=opcua_server.come_back, link_timeout_s=5)
         out.publish(verdict(4242, Result.NG))
         assert out.wait_idle(timeout_s=3)
         assert opcua_server.values("FrameId")[-1] == 4242

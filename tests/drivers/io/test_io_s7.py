@@ -7,17 +7,17 @@ would see them.
 
 from __future__ import annotations
 
-import itertools
-import socket
+import functools
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from drivers.io.base import part_id_code
 from drivers.io.s7 import S7Output, S7OutputSettings, coalesce
+from drivers.io.simulators import free_port, level_edges, pulse_widths_ms
 from drivers.verdict import Result, Verdict
 
 pytest.importorskip("snap7")
@@ -28,25 +28,7 @@ from snap7.type import SrvArea, SrvEvent
 EVC_DATA_WRITE = 0x00040000
 DB = 100
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def verdict(frame_id: int, result: Result, *, part_id: str = "", score: float = 0.5) -> Verdict:
-    return Verdict(
-        frame_id=frame_id, part_id=part_id, timestamp_s=time.monotonic(), result=result, score=score
-    )
-
-
-def wait_for(predicate: Any, *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
+VerdictFactory = Callable[..., Verdict]
 
 
 class S7TestServer:
@@ -75,18 +57,10 @@ class S7TestServer:
             self._server = None
 
     def bit_edges(self, byte: int, bit: int) -> list[tuple[float, int]]:
-        edges: list[tuple[float, int]] = []
-        state = 0
-        for t, data in list(self.snapshots):
-            value = (data[byte] >> bit) & 1
-            if value != state:
-                state = value
-                edges.append((t, value))
-        return edges
+        return level_edges((t, (data[byte] >> bit) & 1) for t, data in list(self.snapshots))
 
     def pulses_ms(self, byte: int, bit: int) -> list[float]:
-        edges = self.bit_edges(byte, bit)
-        return [(b[0] - a[0]) * 1000.0 for a, b in itertools.pairwise(edges) if a[1] == 1 and b[1] == 0]
+        return pulse_widths_ms(self.bit_edges(byte, bit))
 
     def int16(self, offset: int) -> int:
         return int(struct.unpack_from(">h", self.db, offset)[0])
@@ -102,28 +76,16 @@ class S7TestServer:
 def s7_server() -> Iterator[S7TestServer]:
     server = S7TestServer(port=free_port())
     server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield server  # pytest runs the rest whatever the test's outcome
+    server.stop()
 
 
-def settings_for(server: S7TestServer, **overrides: Any) -> S7OutputSettings:
-    values: dict[str, Any] = {
-        "port": server.port,
-        "db_number": DB,
-        "pulse_ms": 40.0,
-        "pulse_gap_ms": 10.0,
-        "heartbeat_period_ms": 50.0,
-        "connect_timeout_s": 1.0,
-        "io_timeout_s": 0.5,
-        "max_age_ms": 400.0,
-        "queue_size": 8,
-        "reconnect_min_s": 0.05,
-        "reconnect_max_s": 0.2,
-    }
-    values.update(overrides)
-    return S7OutputSettings(**values)
+@pytest.fixture
+def settings_for(
+    s7_server: S7TestServer, fast_settings: Callable[..., Any]
+) -> Callable[..., S7OutputSettings]:
+    """`settings_for(**overrides)`: settings for the test server, fast test timings."""
+    return functools.partial(fast_settings, S7OutputSettings, port=s7_server.port, db_number=DB)
 
 
 def test_layout_is_validated() -> None:
@@ -143,8 +105,10 @@ def test_coalesce_merges_contiguous_fields() -> None:
 
 
 @pytest.mark.plc
-def test_reject_bit_pulse_result_and_frame_id(s7_server: S7TestServer) -> None:
-    out = S7Output(settings_for(s7_server))
+def test_reject_bit_pulse_result_and_frame_id(
+    s7_server: S7TestServer, verdict: VerdictFactory, settings_for: Callable[..., S7OutputSettings]
+) -> None:
+    out = S7Output(settings_for())
     try:
         assert out.connect()
         out.publish(verdict(123_456, Result.NG, part_id="987", score=1.25))
@@ -176,39 +140,26 @@ def test_reject_bit_pulse_result_and_frame_id(s7_server: S7TestServer) -> None:
 
 
 @pytest.mark.plc
-def test_heartbeat_bit_toggles_without_touching_reject(s7_server: S7TestServer) -> None:
-    out = S7Output(settings_for(s7_server, heartbeat_period_ms=30.0))
-    try:
-        assert out.connect()
-        time.sleep(0.35)
-    finally:
-        out.close()
+def test_heartbeat_bit_toggles_without_touching_reject(
+    s7_server: S7TestServer, settings_for: Callable[..., S7OutputSettings], run_connected: Callable[..., None]
+) -> None:
+    run_connected(S7Output(settings_for(heartbeat_period_ms=30.0)), 0.35)
     beats = s7_server.bit_edges(0, 1)
     assert len(beats) >= 5, beats
     assert s7_server.bit_edges(0, 0) == []
 
 
 @pytest.mark.plc
-def test_plc_down_then_back(s7_server: S7TestServer) -> None:
-    out = S7Output(settings_for(s7_server))
+def test_plc_down_then_back(
+    s7_server: S7TestServer,
+    verdict: VerdictFactory,
+    settings_for: Callable[..., S7OutputSettings],
+    check_outage: Callable[..., None],
+) -> None:
+    out = S7Output(settings_for())
     try:
         assert out.connect()
-        s7_server.stop()
-        wait_for(lambda: not out.status().connected, timeout_s=3, what="the loss to be noticed")
-        assert "connection lost" in out.status().alarm
-
-        start = time.perf_counter()
-        for i in range(100):
-            out.publish(verdict(i, Result.NG))
-        assert time.perf_counter() - start < 0.25
-
-        wait_for(lambda: out.status().queued == 0, timeout_s=3, what="queued verdicts to expire")
-        status = out.status()
-        assert status.undelivered == 100 and status.delivered == 0
-
-        s7_server.start()
-        wait_for(lambda: out.status().connected, timeout_s=3, what="the reconnect")
-        assert out.status().reconnects == 1 and out.status().alarm == ""
+        check_outage(out, go_down=s7_server.stop, come_back=s7_server.start)
         out.publish(verdict(777, Result.NG))
         assert out.wait_idle(timeout_s=2)
         assert s7_server.int32(4) == 777
