@@ -9,7 +9,11 @@ from pipelines.errors import ModelError
 
 # family -> (inference module, training module)
 FAMILIES: dict[str, tuple[str, str]] = {
+    "atst": ("pipelines.models.atst.model", "pipelines.models.atst.train"),
     "bvpn": ("pipelines.models.bvpn.model", "pipelines.models.bvpn.train"),
+    "distrec": ("pipelines.models.distrec.model", "pipelines.models.distrec.train"),
+    "ikdff": ("pipelines.models.ikdff.model", "pipelines.models.ikdff.train"),
+    "ndpnet": ("pipelines.models.ndpnet.model", "pipelines.models.ndpnet.train"),
     "patchcore": ("pipelines.models.patchcore.model", "pipelines.models.patchcore.train"),
 }
 

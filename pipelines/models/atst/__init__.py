@@ -1,0 +1,1 @@
+"""ATST: asymmetric teacher-student network (CoT student, EMA-normalised teacher, multi-scale maps)."""

@@ -1,0 +1,1 @@
+"""IKDFF: reverse knowledge distillation with attention feature fusion and a feature-mask generator."""

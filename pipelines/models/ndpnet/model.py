@@ -1,0 +1,360 @@
+"""NDP-Net at inference: encoder, reference-based attention, decoder, multi-scale segmentation.
+
+Reading of Luo, Yao, Yu, "Normal Reference Attention and Defective Feature
+Perception Network for Surface Defect Detection" (IEEE); see README.md beside
+this file. One tile goes through:
+
+1. a five-stage convolutional encoder (strides 2, 4, 8, 16, 32);
+2. the reference-based attention module (RBAM) on the three deepest stages:
+   every KxK patch of the input's features is replaced by the softmax(cosine)
+   weighted sum of the KxK patches of a fixed defect-free reference image's
+   features (RBFRM, K = 2 and K = 4), and an SKNet-style fusion blends the two
+   repaired maps with the original one;
+3. a decoder that reconstructs the tile from the repaired features only;
+4. the multi-scale defect segmentation module (MSDSM): input and reconstruction
+   through the first three encoder stages, concatenated per scale, three heads;
+   map = 0.2*AM1 + 0.2*up(AM2) + 0.6*up(AM3), 5x5 mean and 5x5 median filters;
+5. quantile normalisation with held-out good tiles (`QuantileNorm`).
+
+Every step is written with ONNX-exportable operators (the RBFRM as a strided
+convolution and its transpose, the median as TopK over 25 shifted copies) so
+the exported graph gives the torch numbers for tiles and whole frames alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipelines.bundle import BundleMeta
+from pipelines.errors import ModelError
+from pipelines.models.base import GlobalBranch, QuantileNorm, load_module_state, upsample_to
+
+STRIDES = (2, 4, 8, 16, 32)  # of the five encoder stages
+WIDTH_FACTORS = (1, 2, 3, 4, 6)  # stage channels = width * factor
+RBAM_STAGES = (2, 3, 4)  # the three deepest stages (0-based)
+SEG_STAGES = (0, 1, 2)  # MSDSM: the first three stages
+FUSION_WEIGHTS = (0.2, 0.2, 0.6)  # AM1, AM2, AM3
+SEGMENTATIONS = ("msdsm", "pixel")
+
+
+def stage_channels(width: int) -> tuple[int, ...]:
+    return tuple(width * f for f in WIDTH_FACTORS)
+
+
+def _conv_bn(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class Encoder(nn.Module):
+    """Five stages, each a stride-2 convolution and a 3x3 convolution (BN, ReLU)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        chans = stage_channels(width)
+        cin = 3
+        stages = []
+        for c in chans:
+            stages.append(nn.Sequential(_conv_bn(cin, c, 3, 2), _conv_bn(c, c, 3, 1)))
+            cin = c
+        self.stages = nn.ModuleList(stages)
+        self.channels = chans
+
+    def forward(self, x: torch.Tensor, depth: int = 5) -> list[torch.Tensor]:
+        """The outputs of the first `depth` stages."""
+        outs: list[torch.Tensor] = []
+        h = x
+        for stage in self.stages[:depth]:
+            h = stage(h)
+            outs.append(h)
+        return outs
+
+
+def patch_bank(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Non-overlapping KxK patches of (1, C, h, w) features as (N, C, K, K).
+
+    The features are zero-padded by K-1 on the bottom and right, the same
+    padding `RBFRM` gives its input, so sides that are not multiples of K
+    keep their last, partial patch."""
+    c = features.shape[1]
+    p = F.pad(features, (0, k - 1, 0, k - 1))
+    cols = F.unfold(p, kernel_size=k, stride=k)  # (1, C*K*K, N)
+    return cols[0].T.reshape(-1, c, k, k).contiguous()
+
+
+class RBFRM(nn.Module):
+    """Reference-based feature repair: each KxK input patch becomes the softmax(cos / tau)
+    weighted sum of the reference's KxK patches.
+
+    Written as a stride-K convolution with the unit-norm reference patches
+    (cosine numerators), a softmax over the reference patches, and a stride-K
+    transposed convolution with the raw patches (the weighted sum), which
+    exports to ONNX and accepts any input size."""
+
+    bank: torch.Tensor
+    bank_unit: torch.Tensor
+
+    def __init__(self, channels: int, k: int, n_patches: int, tau: float) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ModelError(f"rbam_tau {tau} must be > 0 (the softmax temperature of the cosine similarity)")
+        self.k = k
+        self.inv_tau = 1.0 / tau
+        self.register_buffer("bank", torch.zeros(n_patches, channels, k, k))
+        self.register_buffer("bank_unit", torch.zeros(n_patches, channels, k, k))
+
+    def set_reference(self, ref_features: torch.Tensor) -> None:
+        bank = patch_bank(ref_features, self.k)
+        if bank.shape != self.bank.shape:
+            raise ModelError(
+                f"reference features give {tuple(bank.shape)} patches, expected {tuple(self.bank.shape)}"
+            )
+        norm = bank.flatten(1).norm(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
+        self.bank.copy_(bank)
+        self.bank_unit.copy_(bank / norm)
+
+    def attention(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, N_ref, ceil(h/K), ceil(w/K)) softmax weights of the reference patches."""
+        k = self.k
+        p = F.pad(f, (0, k - 1, 0, k - 1))
+        dots = F.conv2d(p, self.bank_unit, stride=k)
+        sq = (p * p).sum(1, keepdim=True)
+        norms = (F.avg_pool2d(sq, k, stride=k) * float(k * k)).clamp_min(1e-12).sqrt()
+        return torch.softmax(dots / norms * self.inv_tau, dim=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        a = self.attention(f)
+        out = F.conv_transpose2d(a, self.bank, stride=self.k)
+        return out[:, :, : f.shape[2], : f.shape[3]]
+
+
+class RBAM(nn.Module):
+    """RBFRM at K=2 and K=4 and the original features, blended by SKNet-style spatial attention:
+    sum the three branches, 5x5 conv to `fusion_channels`, three 5x5 attention maps, softmax
+    across the branches."""
+
+    def __init__(self, channels: int, n2: int, n4: int, *, tau: float, fusion_channels: int) -> None:
+        super().__init__()
+        self.rbfrm2 = RBFRM(channels, 2, n2, tau)
+        self.rbfrm4 = RBFRM(channels, 4, n4, tau)
+        self.squeeze = nn.Sequential(
+            nn.Conv2d(channels, fusion_channels, 5, 1, 2, bias=False),
+            nn.BatchNorm2d(fusion_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.select = nn.Conv2d(fusion_channels, 3, 5, 1, 2)
+
+    def set_reference(self, ref_features: torch.Tensor) -> None:
+        self.rbfrm2.set_reference(ref_features)
+        self.rbfrm4.set_reference(ref_features)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        u2 = self.rbfrm2(f)
+        u4 = self.rbfrm4(f)
+        a = torch.softmax(self.select(self.squeeze(f + u2 + u4)), dim=1)
+        return a[:, 0:1] * f + a[:, 1:2] * u2 + a[:, 2:3] * u4
+
+
+class Decoder(nn.Module):
+    """Reconstruction from the three deepest (repaired) feature maps only, so no raw
+    shallow feature can carry a defect around the repair."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        c = stage_channels(width)
+        self.up5 = _conv_bn(c[4], c[3])
+        self.up4 = _conv_bn(2 * c[3], c[2])
+        self.up3 = _conv_bn(2 * c[2], c[1])
+        self.up2 = _conv_bn(c[1], c[0])
+        self.up1 = _conv_bn(c[0], c[0])
+        self.out = nn.Conv2d(c[0], 3, 3, 1, 1)
+
+    @staticmethod
+    def _up(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(h, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, f3: torch.Tensor, f4: torch.Tensor, f5: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = self._up(self.up5(f5), f4)
+        h = self._up(self.up4(torch.cat([h, f4], 1)), f3)
+        h = self.up3(torch.cat([h, f3], 1))
+        h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+        h = F.interpolate(self.up2(h), scale_factor=2.0, mode="bilinear", align_corners=False)
+        h = self._up(self.up1(h), x)
+        return torch.sigmoid(self.out(h))
+
+
+class SegHead(nn.Module):
+    def __init__(self, cin: int, mid: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(_conv_bn(cin, mid), nn.Conv2d(mid, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MSDSM(nn.Module):
+    """Three segmentation heads on [input features, reconstruction features] of the first three
+    stages; returns the logits AM1..AM3 (strides 2, 4, 8)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        c = stage_channels(width)
+        self.heads = nn.ModuleList([SegHead(2 * c[i], c[i]) for i in SEG_STAGES])
+
+    def forward(self, fx: list[torch.Tensor], fr: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [head(torch.cat([a, b], 1)) for head, a, b in zip(self.heads, fx, fr, strict=True)]
+
+
+def fuse_maps(logits: list[torch.Tensor]) -> torch.Tensor:
+    """0.2*AM1 + 0.2*up(AM2) + 0.6*up(AM3) of the sigmoid maps, at AM1's resolution."""
+    p = [torch.sigmoid(m) for m in logits]
+    size = p[0].shape[-2:]
+    up = [p[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in p[1:]]
+    return FUSION_WEIGHTS[0] * up[0] + FUSION_WEIGHTS[1] * up[1] + FUSION_WEIGHTS[2] * up[2]
+
+
+def _shifted(m: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, k*k, H, W): the k*k neighbours of each pixel (replicate borders)."""
+    r = k // 2
+    p = F.pad(m, (r, r, r, r), mode="replicate")
+    h, w = m.shape[2], m.shape[3]
+    return torch.cat([p[:, :, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)], 1)
+
+
+class MeanFilter(nn.Module):
+    """k x k box filter with replicate borders."""
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        r = self.k // 2
+        return F.avg_pool2d(F.pad(m, (r, r, r, r), mode="replicate"), self.k, stride=1)
+
+
+class MedianFilter(nn.Module):
+    """k x k median with replicate borders: the middle of the k*k neighbours by TopK (exports to ONNX)."""
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        n = self.k * self.k
+        top = torch.topk(_shifted(m, self.k), n // 2 + 1, dim=1).values
+        return top[:, n // 2 : n // 2 + 1]
+
+
+class NDPNet(nn.Module):
+    """(B, 3, t, t) in [0, 1] -> (B, 1, t, t) anomaly map on the calibrated scale."""
+
+    ref_image: torch.Tensor
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        tile_px: int,
+        rbam: bool,
+        segmentation: str,
+        rbam_tau: float,
+        fusion_channels: int,
+        filter_px: int = 5,
+    ) -> None:
+        super().__init__()
+        if segmentation not in SEGMENTATIONS:
+            raise ModelError(f"segmentation {segmentation!r}: choose one of {', '.join(SEGMENTATIONS)}")
+        self.width = width
+        self.tile_px = tile_px
+        self.use_rbam = rbam
+        self.segmentation = segmentation
+        self.encoder = Encoder(width)
+        chans = self.encoder.channels
+        self.rbam = nn.ModuleList()
+        if rbam:
+            for i in RBAM_STAGES:
+                side = -(-tile_px // STRIDES[i])  # features of a tile-sized reference
+                n2, n4 = (-(-side // 2)) ** 2, (-(-side // 4)) ** 2
+                self.rbam.append(RBAM(chans[i], n2, n4, tau=rbam_tau, fusion_channels=fusion_channels))
+        self.decoder = Decoder(width)
+        self.msdsm = MSDSM(width) if segmentation == "msdsm" else None
+        self.mean_filter = MeanFilter(filter_px)
+        self.median_filter = MedianFilter(filter_px)
+        self.norm = QuantileNorm()
+        self.register_buffer("ref_image", torch.zeros(1, 3, tile_px, tile_px))
+
+    def set_reference(self, ref_image: torch.Tensor) -> None:
+        """Store the reference tile and cut its (frozen-encoder) features into the RBFRM banks."""
+        if tuple(ref_image.shape) != (1, 3, self.tile_px, self.tile_px):
+            raise ModelError(f"reference image must be (1, 3, {self.tile_px}, {self.tile_px})")
+        self.ref_image.copy_(ref_image)
+        if not self.use_rbam:
+            return
+        was_training = self.encoder.training
+        self.encoder.eval()
+        with torch.no_grad():
+            feats = self.encoder(ref_image)
+        self.encoder.train(was_training)
+        for module, i in zip(self.rbam, RBAM_STAGES, strict=True):
+            assert isinstance(module, RBAM)
+            module.set_reference(feats[i])
+
+    def repair(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The three deepest stages after the RBAM (unchanged without it)."""
+        deep = [feats[i] for i in RBAM_STAGES]
+        if not self.use_rbam:
+            return deep
+        return [m(f) for m, f in zip(self.rbam, deep, strict=True)]
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """(encoder features of x, repaired deep features, reconstruction)."""
+        feats = self.encoder(x)
+        r3, r4, r5 = self.repair(feats)
+        return feats, [r3, r4, r5], self.decoder(r3, r4, r5, x)
+
+    def seg_logits(self, feats: list[torch.Tensor], rec: torch.Tensor) -> list[torch.Tensor]:
+        assert self.msdsm is not None
+        fr = self.encoder(rec, depth=len(SEG_STAGES))
+        return self.msdsm([feats[i] for i in SEG_STAGES], fr)
+
+    def raw_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, t, t) filtered map before the quantile normalisation."""
+        feats, _, rec = self.reconstruct(x)
+        if self.msdsm is not None:
+            m = upsample_to(fuse_maps(self.seg_logits(feats, rec)), x)
+        else:
+            m = ((x - rec) ** 2).mean(1, keepdim=True)
+        return self.median_filter(self.mean_filter(m))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.raw_map(x))
+
+
+def net_from_params(params: dict[str, Any], *, tile_px: int) -> NDPNet:
+    """The network of a bundle's `params` (untrained)."""
+    return NDPNet(
+        width=int(params["width"]),
+        tile_px=tile_px,
+        rbam=bool(params["rbam"]),
+        segmentation=str(params["segmentation"]),
+        rbam_tau=float(params["rbam_tau"]),
+        fusion_channels=int(params["fusion_channels"]),
+        filter_px=int(params.get("filter_px", 5)),
+    )
+
+
+def build_tile_net(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> NDPNet:
+    net = net_from_params(meta.params, tile_px=meta.tiles.tile_px)
+    load_module_state(net, tensors, "net")
+    return net.eval()
+
+
+def build_global(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> GlobalBranch | None:
+    return None

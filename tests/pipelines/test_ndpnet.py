@@ -1,0 +1,227 @@
+"""NDP-Net: shapes, the reference repair, artificial defects, filters, a tiny training, export parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipelines.bundle import Bundle, load_bundle
+from pipelines.data import list_images, read_image
+from pipelines.datasets.synth import write_mvtec_dataset
+from pipelines.errors import ModelError
+from pipelines.export import export_onnx
+from pipelines.inspector import Inspector
+from pipelines.models.ndpnet.defects import DefectMaker, perlin_mask, procedural_texture
+from pipelines.models.ndpnet.model import RBFRM, MeanFilter, MedianFilter, NDPNet, patch_bank
+from pipelines.models.ndpnet.train import defect_perception_loss, focal_loss
+from pipelines.training import train_bundle
+
+TINY = {
+    "phase1_epochs": 10.0,
+    "phase2_epochs": 6.0,
+    "crop_px": 64,
+    "batch": 4,
+    "width": 8,
+    "fusion_channels": 16,
+    "lr": 2e-3,
+    "reference_candidates": 8,
+}
+
+
+def _net(**kw: object) -> NDPNet:
+    args: dict = dict(width=8, tile_px=64, rbam=True, segmentation="msdsm", rbam_tau=0.05, fusion_channels=16)
+    args.update(kw)
+    net = NDPNet(**args)
+    net.set_reference(torch.rand(1, 3, 64, 64))
+    return net.eval()
+
+
+@pytest.mark.parametrize("segmentation", ["msdsm", "pixel"])
+@pytest.mark.parametrize("rbam", [True, False])
+def test_shapes_for_tiles_and_non_square_frames(segmentation: str, rbam: bool) -> None:
+    net = _net(segmentation=segmentation, rbam=rbam)
+    with torch.inference_mode():
+        for shape in ((2, 3, 64, 64), (1, 3, 64, 128), (1, 3, 96, 160)):
+            out = net(torch.rand(shape))
+            assert out.shape == (shape[0], 1, *shape[2:])
+            assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("side", [8, 6])  # 6: the last patch is partial (zero-padded)
+def test_rbfrm_with_the_input_as_reference_returns_the_input(k: int, side: int) -> None:
+    torch.manual_seed(0)
+    f = torch.randn(1, 32, side, side)
+    n = (-(-side // k)) ** 2
+    m = RBFRM(32, k, n, tau=0.05)
+    m.set_reference(f)
+    out = m(f)
+    assert out.shape == f.shape
+    assert torch.allclose(out, f, atol=1e-3)
+    # Another input is pulled towards the reference patches: each output patch is a convex
+    # combination of reference patches, so it lies inside their span.
+    g = torch.randn(2, 32, side, side)
+    a = m.attention(g)
+    assert torch.allclose(a.sum(1), torch.ones_like(a.sum(1)), atol=1e-5)
+    assert not torch.allclose(m(g), g, atol=0.1)
+
+
+def test_patch_bank_cuts_non_overlapping_patches() -> None:
+    f = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    bank = patch_bank(f, 2)
+    assert bank.shape == (4, 2, 2, 2)
+    assert torch.equal(bank[1], f[0, :, 0:2, 2:4])
+    assert torch.equal(bank[2], f[0, :, 2:4, 0:2])
+
+
+def test_mean_and_median_filters_match_opencv() -> None:
+    rng = np.random.default_rng(0)
+    m = rng.random((37, 41)).astype(np.float32)
+    t = torch.from_numpy(m)[None, None]
+    mean = MeanFilter(5)(t)[0, 0].numpy()
+    assert np.allclose(mean, cv2.blur(m, (5, 5), borderType=cv2.BORDER_REPLICATE), atol=1e-6)
+    med = MedianFilter(5)(t)[0, 0].numpy()
+    padded = np.pad(m, 2, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (5, 5))
+    assert np.array_equal(med, np.median(windows, axis=(2, 3)).astype(np.float32))
+
+
+def test_artificial_defects_are_composites_inside_their_masks() -> None:
+    rng = np.random.default_rng(1)
+    good = [rng.integers(0, 255, (80, 90, 3), dtype=np.uint8) for _ in range(3)]
+    maker = DefectMaker(good, sources=("procedural", "dataset", "packaged"), probability=0.5, seed=0)
+    batch = rng.random((40, 3, 64, 64)).astype(np.float32)
+    bad, masks = maker(batch)
+    assert bad.shape == batch.shape and masks.shape == (40, 1, 64, 64)
+    assert set(np.unique(masks)) <= {0.0, 1.0}
+    defective = masks.reshape(40, -1).any(1)
+    assert 8 <= defective.sum() <= 32  # probability 0.5
+    outside = np.broadcast_to(masks == 0, batch.shape)
+    assert np.array_equal(bad[outside], batch[outside])  # I_o * (1 - M) outside
+    assert np.array_equal(bad[~defective], batch[~defective])
+    inside = np.broadcast_to(masks == 1, batch.shape)
+    assert np.abs(bad[inside] - batch[inside]).mean() > 0.05  # I_n * M inside
+    assert bad.min() >= 0.0 and bad.max() <= 1.0
+    for _ in range(5):
+        mask = perlin_mask(64, rng)
+        assert mask.any() and mask.shape == (64, 64)
+        tex = procedural_texture(64, rng)
+        assert tex.shape == (64, 64, 3) and 0.0 <= tex.min() <= tex.max() <= 1.0
+
+
+def test_losses() -> None:
+    f = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)]
+    zero = torch.zeros(2, 1, 32, 32)
+    assert float(defect_perception_loss(f, f, zero)) == 0.0
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, :16, :16] = 1
+    perceived = [x.clone() for x in f]
+    for x in perceived:
+        h = x.shape[-1] // 2
+        x[:, :, :h, :h] += 3.0  # features differ exactly under the mask
+    elsewhere = [x.clone() for x in f]
+    for x in elsewhere:
+        h = x.shape[-1] // 2
+        x[:, :, h:, h:] += 3.0
+    assert float(defect_perception_loss(f, perceived, mask)) < 1e-6
+    assert float(defect_perception_loss(f, elsewhere, mask)) > 0.1
+    target = (torch.rand(1, 1, 8, 8) > 0.5).float()
+    right = focal_loss((target * 2 - 1) * 6, target, 2.0)
+    wrong = focal_loss((1 - 2 * target) * 6, target, 2.0)
+    assert float(right) < 1e-4 < float(wrong)
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ndp") / "paper"
+    write_mvtec_dataset(
+        root, product="paper", width_px=128, height_px=128, n_train=14, n_test_good=3,
+        n_test_per_defect=2, defects=["spot", "scratch"], seed=3, progress=False,
+    )  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(paper: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    out = train_bundle(
+        family="ndpnet", data=paper, out=tmp_path_factory.mktemp("b") / "ndp", overrides=TINY,
+        tile_px=64, overlap_px=16, progress=False,
+    )  # fmt: skip
+    return load_bundle(out)
+
+
+def test_bundle_holds_the_reference_and_separates_an_obvious_defect(bundle: Bundle, paper: Path) -> None:
+    meta = bundle.meta
+    assert meta.family == "ndpnet"
+    assert meta.params["rbam"] is True and meta.params["segmentation"] == "msdsm"
+    assert meta.training["reference"]["method"] == "medoid"
+    ref = bundle.tensors["net.ref_image"]
+    assert ref.shape == (1, 3, 64, 64) and ref.std() > 0  # a real training tile, not zeros
+    assert "net.rbam.0.rbfrm2.bank" in bundle.tensors
+    insp = Inspector(bundle, backend="torch", threads=1)
+    good = [read_image(p) for p in list_images(paper / "test" / "good")]
+    bad = []
+    for img in good:
+        d = img.copy()
+        d[40:80, 30:90] = (20, 20, 200)  # a large, saturated blue stain on paper
+        bad.append(d)
+    g = [insp.analyse(x).score for x in good]
+    b = [insp.analyse(x).score for x in bad]
+    assert min(b) > max(g), (g, b)
+
+
+def test_export_parity_with_onnxruntime(bundle: Bundle, paper: Path) -> None:
+    exported = export_onnx(bundle)
+    rec = exported.meta.exports["onnx"]
+    assert rec["parity_max_abs_vs_torch"] < 1e-4
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(exported.path / rec["file"])).graph.node}
+    assert {"TopK", "ConvTranspose", "Softmax", "AveragePool"} <= ops  # median, RBFRM, attention, mean
+    images = [read_image(p) for p in list_images(paper / "test")]
+    for mode in ("tiles", "whole"):
+        a = Inspector(exported, backend="torch", threads=1, mode=mode)
+        b = Inspector(exported, backend="onnxruntime", threads=1, mode=mode)
+        for img in images[:4]:
+            ra, rb = a.analyse(img), b.analyse(img)
+            assert float(np.abs(ra.anomaly_map - rb.anomaly_map).max()) <= 1e-4
+            assert abs(ra.score - rb.score) <= 1e-4
+
+
+def test_ablation_switches(paper: Path, tmp_path: Path) -> None:
+    small = {**TINY, "phase1_epochs": 1.0, "phase2_epochs": 1.0}
+    out = train_bundle(
+        family="ndpnet", data=paper, out=tmp_path / "abl",
+        overrides={**small, "rbam": "off", "segmentation": "pixel", "def_per_weight": "0"},
+        tile_px=64, overlap_px=16, progress=False,
+    )  # fmt: skip
+    meta = load_bundle(out).meta
+    assert meta.params["rbam"] is False and meta.params["segmentation"] == "pixel"
+    assert meta.training["settings"]["def_per_weight"] == 0.0
+    assert not any(k.startswith("net.rbam.") or k.startswith("net.msdsm.") for k in load_bundle(out).tensors)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("rbam", "maybe", "use on or off"),
+        ("segmentation", "diff", "msdsm"),
+        ("anomaly_sources", "dtd", "procedural"),
+        ("crop_px", "100", "multiple of 32"),
+        ("anomaly_probability", "1.5", "between 0 and 1"),
+        ("rbam_tau", "0", "> 0"),
+    ],
+)
+def test_bad_settings_raise_one_clear_error(
+    paper: Path, tmp_path: Path, key: str, value: str, says: str
+) -> None:
+    with pytest.raises(ModelError, match=says):
+        train_bundle(
+            family="ndpnet", data=paper, out=tmp_path / "x", overrides={**TINY, key: value},
+            tile_px=64, overlap_px=16, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "x").exists()
