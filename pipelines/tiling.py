@@ -12,6 +12,7 @@ same constant and maps cropped from one full map stitch back exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -93,11 +94,26 @@ class TilePlan:
         return np.stack([img[y : y + t, x : x + t] for y, x in self.positions()])
 
     def weights(self) -> np.ndarray:
-        """(N, tile, tile) blending weights, in `positions()` order."""
+        """(N, tile, tile) blending weights, in `positions()` order (read-only, computed once per plan)."""
+        return self._blend[0]
+
+    @functools.cached_property
+    def _blend(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weights, 1 / accumulated weight over the padded frame), both float32 and read-only.
+        Plans are cached per frame shape by the analyser, so a line pays for this once."""
         ph, pw = self.padded_shape
         wy = [_ramp_weights(ph, list(self.ys), self.tile_px, i) for i in range(len(self.ys))]
         wx = [_ramp_weights(pw, list(self.xs), self.tile_px, i) for i in range(len(self.xs))]
-        return np.stack([np.outer(a, b) for a in wy for b in wx]).astype(np.float32)
+        weights = np.stack([np.outer(a, b) for a in wy for b in wx])
+        norm = np.zeros((ph, pw), np.float64)
+        t = self.tile_px
+        for (y, x), w in zip(self.positions(), weights, strict=True):
+            norm[y : y + t, x : x + t] += w
+        weights = weights.astype(np.float32)
+        inv_norm = (1.0 / norm).astype(np.float32)
+        weights.flags.writeable = False
+        inv_norm.flags.writeable = False
+        return weights, inv_norm
 
     def stitch(self, maps: np.ndarray) -> np.ndarray:
         """Blend (N, tile, tile) maps into one float32 (height, width) map."""
@@ -105,15 +121,15 @@ class TilePlan:
             raise ValueError(
                 f"expected maps of shape {(self.count, self.tile_px, self.tile_px)}, got {maps.shape}"
             )
+        weights, inv_norm = self._blend
         ph, pw = self.padded_shape
-        acc = np.zeros((ph, pw), np.float64)
-        norm = np.zeros((ph, pw), np.float64)
+        acc = np.zeros((ph, pw), np.float32)
         t = self.tile_px
-        for (y, x), m, w in zip(self.positions(), maps, self.weights(), strict=True):
-            acc[y : y + t, x : x + t] += m * w
-            norm[y : y + t, x : x + t] += w
-        out = acc / norm
-        return out[: self.height_px, : self.width_px].astype(np.float32)
+        weighted = maps.astype(np.float32, copy=False) * weights
+        for (y, x), m in zip(self.positions(), weighted, strict=True):
+            acc[y : y + t, x : x + t] += m
+        h, w = self.height_px, self.width_px
+        return acc[:h, :w] * inv_norm[:h, :w]
 
 
 def batches(array: np.ndarray, *, batch_size: int) -> Iterator[np.ndarray]:

@@ -87,3 +87,16 @@ def test_margin_keeps_tile_edges_off_the_frame_border() -> None:
     m = padded.tile_map(image)
     assert m.shape == (300, 500)
     assert m.max() < 0.5
+
+
+def test_blend_weights_are_computed_once_and_cannot_be_changed() -> None:
+    plan = TilePlan.for_shape(height_px=700, width_px=900, tile_px=256, overlap_px=32)
+    weights = plan.weights()
+    assert weights is plan.weights()
+    with pytest.raises(ValueError, match="read-only"):
+        weights[0, 0, 0] = 2.0
+    maps = np.random.default_rng(1).random((plan.count, 256, 256), dtype=np.float32)
+    kept = maps.copy()
+    first = plan.stitch(maps)
+    np.testing.assert_array_equal(plan.stitch(maps), first)  # no state carried between frames
+    np.testing.assert_array_equal(maps, kept)  # the caller's maps are not touched
