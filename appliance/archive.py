@@ -11,7 +11,10 @@ write fail later, the recorded path names no file and the failure is counted.
 
 Why a worker: a 1913x2624 RGB frame takes about 0.55 s to encode as PNG at
 compression 1 on a 2-core x86 (about 20 ms as JPEG), and the heatmap overlay
-another 0.1 s to draw; no inspection thread can afford that. The queue is
+another 0.1 s to draw; no inspection thread can afford that, and on a small
+CPU even a background thread doing it slows inspection down, so the writer
+runs at a lower priority (`writer_nice`, Linux) and takes what inspection
+leaves. The queue is
 bounded (`queue_size` frames, each kept by reference, not copied: the caller
 must not modify the arrays afterwards); a full queue skips the image and
 counts it (`skipped_overload`). Images may be skipped under overload, records
@@ -154,6 +157,14 @@ class ArchiveSettings(Settings):
         description="Frames waiting for the writer thread at most (count); each holds its pixels and "
         "anomaly map in memory (about 35 MB at 1913x2624).",
     )
+    writer_nice: int = Field(
+        default=19,
+        ge=0,
+        le=19,
+        description="Linux nice increment of the writer thread (0-19): encoding yields the CPU to "
+        "inspection, and under sustained overload images are skipped (counted), not frames; 0: "
+        "same priority as inspection.",
+    )
 
     @model_validator(mode="after")
     def _verify(self) -> ArchiveSettings:
@@ -284,6 +295,7 @@ class _ArchiveWorker(Worker):
     def __init__(self, archive: ImageArchive) -> None:
         super().__init__()
         self._archive = archive
+        self.nice = archive.settings.writer_nice
 
     def run_once(self) -> bool:
         return self._archive._worker_step(self)

@@ -23,7 +23,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 
@@ -43,6 +45,9 @@ class Worker(abc.ABC):
     """
 
     thread_name = "worker"
+    # Linux nice increment of this thread (0: as the process). Background
+    # workers that burn CPU (image encoding) yield it to inspection this way.
+    nice = 0
 
     def __init__(self) -> None:
         self._stop_event = threading.Event()
@@ -79,6 +84,8 @@ class Worker(abc.ABC):
         self._thread.start()
 
     def _loop(self) -> None:
+        if self.nice:
+            lower_thread_priority(self.nice, what=self.thread_name)
         try:
             while not self._stop_event.is_set():
                 if not self.run_once():
@@ -110,6 +117,23 @@ class Worker(abc.ABC):
     def wait_stopping(self, seconds: float) -> bool:
         """Sleep up to `seconds`, waking early (True) when stop() is asked for."""
         return self._stop_event.wait(seconds)
+
+
+def lower_thread_priority(nice: int, *, what: str) -> bool:
+    """Raise the calling thread's nice value by `nice` (Linux schedules threads
+    one by one; elsewhere this would renice the whole process, so it does
+    nothing). An unprivileged process may always lower its own priority; a
+    refusal is logged, never raised. True when the thread was reniced."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
+    except OSError as exc:
+        _log.warning("%s thread: could not lower its priority by %d: %s", what, nice, exc)
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ import datetime as dt
 import errno
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -263,3 +264,20 @@ def test_a_bad_array_is_counted_never_raised(archive: ImageArchive) -> None:
     assert archive.wait_idle(timeout_s=10)
     status = archive.status()
     assert status.failed == 1 and status.last_error
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux only")
+def test_writer_thread_runs_at_a_lower_priority_than_inspection(tmp_path: Path) -> None:
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    for nice, expected in ((19, 19), (5, min(19, mine + 5)), (0, mine)):
+        arc = ImageArchive(settings(tmp_path / str(nice), writer_nice=nice))
+        try:
+            arc.save(verdict(1), frame(), amap())
+            assert arc.wait_idle(timeout_s=10.0)  # the writer has run its loop by now
+            assert arc.status().saved == 1  # a reniced writer still writes
+            thread = arc._worker._thread
+            assert thread is not None and thread.native_id is not None
+            assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == expected
+        finally:
+            arc.close()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller is untouched

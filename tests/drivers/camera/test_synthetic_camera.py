@@ -115,3 +115,31 @@ def test_bad_settings() -> None:
     with pytest.raises(CameraError, match="open"), cam.frame(timeout_s=0.1):
         pass
     cam.close()
+
+
+def test_prerendered_parts_cycle_with_their_own_truth() -> None:
+    with _camera(defect_rate=0.5) as live:
+        live.start()
+        rendered = _grab(live, 3)
+    with _camera(defect_rate=0.5, prerender=3) as cam:
+        cam.start()
+        frames = []
+        for _ in range(7):
+            with cam.frame(timeout_s=5.0) as frame:
+                with pytest.raises(ValueError, match="read-only"):
+                    frame.pixels[0, 0, 0] = 1  # the cached part cannot be damaged by a consumer
+                frames.append(frame.detach())
+    assert [f.frame_id for f in frames] == list(range(7))
+    assert [f.part_id for f in frames] == [f"P{i:06d}" for i in range(7)]
+    for i, frame in enumerate(frames):
+        source = rendered[i % 3]
+        np.testing.assert_array_equal(frame.pixels, source.pixels)
+        assert frame.truth is not None and source.truth is not None
+        assert frame.truth["defect"] == source.truth["defect"]
+        np.testing.assert_array_equal(frame.truth["mask"], source.truth["mask"])
+    frames[0].pixels[0, 0, 0] ^= 1  # a detached frame is the consumer's own copy
+
+
+def test_prerender_is_bounded() -> None:
+    with pytest.raises(ValueError, match="prerender"):
+        SyntheticSettings.model_validate({"prerender": 65})
