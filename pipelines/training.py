@@ -80,6 +80,10 @@ class CropSampler:
         self.rng = np.random.default_rng(seed)
 
     def sample(self, n: int) -> torch.Tensor:
+        return to_tensor(self.sample_uint8(n))
+
+    def sample_uint8(self, n: int) -> np.ndarray:
+        """(n, crop, crop, 3) uint8 crops, as `sample` draws them."""
         out = np.empty((n, self.crop_px, self.crop_px, 3), np.uint8)
         c = self.crop_px
         for i in range(n):
@@ -91,7 +95,7 @@ class CropSampler:
             y = int(self.rng.integers(h - c + 1))
             x = int(self.rng.integers(w - c + 1))
             out[i] = img[y : y + c, x : x + c]
-        return to_tensor(out)
+        return out
 
 
 def to_tensor(batch_hwc: np.ndarray) -> torch.Tensor:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -24,52 +23,17 @@ from appliance.control import ControlServer, resolve_token
 from appliance.errors import ConfigError
 from appliance.line import Line
 from appliance.records import Records, RecordsReader, RecordsSettings
-from drivers.camera.base import Frame
 from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
-from drivers.verdict import Result, Verdict
-from pipelines.bundle import Bundle, BundleMeta, Calibration
 from pipelines.errors import BundleError
+from tests.appliance.doubles import ThresholdInspectorForTests, wait_until
 
 TOKEN = "test-token-0123456789abcdef"
-
-
-class ThresholdInspectorForTests:
-    """Test double of `pipelines.inspector.Inspector`: scores from the frame's ground truth."""
-
-    def __init__(self, *, name: str = "threshold-double") -> None:
-        meta = BundleMeta(family=name, created="test", calibration=Calibration(image_threshold=1.0))
-        self.bundle = Bundle(Path(name), meta)
-
-    @property
-    def calibration(self) -> Calibration:
-        return self.bundle.meta.calibration
-
-    def inspect(self, frame: Frame) -> Verdict:
-        score = 1.5 if (frame.truth or {}).get("defective") else 0.5
-        return Verdict(
-            frame_id=frame.frame_id,
-            part_id=frame.part_id,
-            timestamp_s=frame.timestamp_s,
-            result=Result.NG if score >= self.calibration.image_threshold else Result.OK,
-            score=score,
-            bundle_id=self.bundle.meta.bundle_id,
-            anomaly_map=np.full(frame.pixels.shape[:2], score, np.float32),
-            truth=frame.truth,
-        )
 
 
 def factory(path: Path) -> ThresholdInspectorForTests:
     if not path.name.startswith("bundle-"):
         raise BundleError(f"bundle {path} does not exist: train one with 'aoi train --out {path}'")
     return ThresholdInspectorForTests(name=path.name)
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

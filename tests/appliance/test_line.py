@@ -18,55 +18,13 @@ from appliance.line import EventHub, Line, LineError, _Display, open_line, reaso
 from appliance.records import Records, RecordsReader, RecordsSettings
 from calibration.capture import CaptureMonitor, CaptureSettings
 from calibration.errors import CalibrationError
-from drivers.camera.base import Frame
 from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
 from drivers.io.log import LogOutput, LogOutputSettings
-from drivers.verdict import Result, Verdict
-from pipelines.bundle import Bundle, BundleMeta, Calibration, load_bundle, update_meta
+from drivers.verdict import Result
+from pipelines.bundle import load_bundle, update_meta
 from pipelines.errors import BundleError
 from pipelines.inspector import Inspector
-
-
-class ThresholdInspectorForTests:
-    """Test double of `pipelines.inspector.Inspector` (same `inspect(frame)` contract): the score
-    comes from the frame's ground truth (1.5 defective, 0.5 good), so every verdict is known."""
-
-    def __init__(self, *, image_threshold: float = 1.0, name: str = "threshold-double", delay_s: float = 0.0):
-        meta = BundleMeta(
-            family=name, created="test", calibration=Calibration(image_threshold=image_threshold)
-        )
-        self.bundle = Bundle(Path(name), meta)
-        self.delay_s = delay_s
-
-    @property
-    def calibration(self) -> Calibration:
-        return self.bundle.meta.calibration
-
-    def inspect(self, frame: Frame) -> Verdict:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        score = 1.5 if (frame.truth or {}).get("defective") else 0.5
-        threshold = self.calibration.image_threshold
-        return Verdict(
-            frame_id=frame.frame_id,
-            part_id=frame.part_id,
-            timestamp_s=frame.timestamp_s,
-            result=Result.NG if score >= threshold else Result.OK,
-            score=score / threshold,
-            latency_ms=(time.monotonic() - frame.timestamp_s) * 1000.0,
-            bundle_id=self.bundle.meta.bundle_id,
-            wall_time_s=frame.wall_time_s,
-            anomaly_map=np.full(frame.pixels.shape[:2], score, np.float32),
-            truth=frame.truth,
-        )
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
+from tests.appliance.doubles import ThresholdInspectorForTests, wait_until
 
 
 def camera(*, parts: int | None, rate_hz: float | None = 200.0) -> SyntheticCamera:
@@ -343,7 +301,9 @@ def test_line_config_wires_flatfield_roi_scale_and_capture(tmp_path: Path, tiny_
     raw = {
         "camera": {"type": "synthetic", "product": "print", "width_px": 64, "height_px": 64,
                    "frame_rate_hz": 20, "parts": 6, "seed": 3},
-        "inspection": {"bundle": str(tiny_bundle), "backend": "torch", "threads": 1, "deadline_ms": 5000},
+        # queue_size 8 holds all 6 parts: a slow first inspection on a loaded machine overflows nothing.
+        "inspection": {"bundle": str(tiny_bundle), "backend": "torch", "threads": 1, "deadline_ms": 5000,
+                       "queue_size": 8},
         "data_dir": str(tmp_path / "var"),
         "archive": {"enabled": False},
         "control": {"enabled": False},

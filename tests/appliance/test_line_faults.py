@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
@@ -30,45 +29,9 @@ from drivers.camera.base import Camera, Frame
 from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
 from drivers.errors import CameraError
 from drivers.io.base import Output
-from drivers.verdict import Result, Verdict
-from pipelines.bundle import Bundle, BundleMeta, Calibration
+from tests.appliance.doubles import ThresholdInspectorForTests, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class ThresholdInspectorForTests:
-    """Test double of `pipelines.inspector.Inspector`: scores from the frame's ground truth,
-    optionally slow (`delay_s`) or failing on every `fail_every`-th frame."""
-
-    def __init__(self, *, delay_s: float = 0.0, fail_every: int = 0) -> None:
-        meta = BundleMeta(
-            family="threshold-double", created="test", calibration=Calibration(image_threshold=1.0)
-        )
-        self.bundle = Bundle(Path("threshold-double"), meta)
-        self.delay_s = delay_s
-        self.fail_every = fail_every
-
-    @property
-    def calibration(self) -> Calibration:
-        return self.bundle.meta.calibration
-
-    def inspect(self, frame: Frame) -> Verdict:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail_every and frame.frame_id % self.fail_every == 0:
-            raise RuntimeError("boom")
-        score = 1.5 if (frame.truth or {}).get("defective") else 0.5
-        return Verdict(
-            frame_id=frame.frame_id,
-            part_id=frame.part_id,
-            timestamp_s=frame.timestamp_s,
-            result=Result.NG if score >= self.calibration.image_threshold else Result.OK,
-            score=score,
-            bundle_id=self.bundle.meta.bundle_id,
-            wall_time_s=frame.wall_time_s,
-            anomaly_map=np.full(frame.pixels.shape[:2], score, np.float32),
-            truth=frame.truth,
-        )
 
 
 class FlakyCameraForTests(Camera):
@@ -111,14 +74,6 @@ class FlakyCameraForTests(Camera):
     def close(self) -> None:
         self.inner.close()
         self.status.state = "closed"
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def synthetic(*, parts: int | None = None, rate_hz: float | None = 100.0) -> SyntheticCamera:

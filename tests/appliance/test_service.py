@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from appliance.cli import run as run_cmd
@@ -24,44 +23,10 @@ from appliance.config import AppConfig, parse_config
 from appliance.errors import ConfigError
 from appliance.records import RecordsReader
 from appliance.service import SystemdNotifier, run_service, watchdog_interval_s
-from drivers.camera.base import Frame
-from drivers.verdict import Result, Verdict
-from pipelines.bundle import Bundle, BundleMeta, Calibration
+from tests.appliance.doubles import ThresholdInspectorForTests
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "aoi-appliance.service"
-
-
-class ThresholdInspectorForTests:
-    """Test double of `pipelines.inspector.Inspector`: scores from the frame's ground truth; while
-    `hang` is clear, inspecting a line frame blocks (a hung model)."""
-
-    def __init__(self) -> None:
-        meta = BundleMeta(
-            family="threshold-double", created="test", calibration=Calibration(image_threshold=1.0)
-        )
-        self.bundle = Bundle(Path("threshold-double"), meta)
-        self.hang = threading.Event()
-        self.hang.set()
-
-    @property
-    def calibration(self) -> Calibration:
-        return self.bundle.meta.calibration
-
-    def inspect(self, frame: Frame) -> Verdict:
-        if frame.frame_id >= 0:  # the warm-up frame (-1) never hangs
-            self.hang.wait(30)
-        score = 1.5 if (frame.truth or {}).get("defective") else 0.5
-        return Verdict(
-            frame_id=frame.frame_id,
-            part_id=frame.part_id,
-            timestamp_s=frame.timestamp_s,
-            result=Result.NG if score >= self.calibration.image_threshold else Result.OK,
-            score=score,
-            bundle_id=self.bundle.meta.bundle_id,
-            anomaly_map=np.full(frame.pixels.shape[:2], score, np.float32),
-            truth=frame.truth,
-        )
 
 
 class NotifyListener:

@@ -28,7 +28,7 @@ SMALL = {"fuse_width": 16, "embed": 32, "decoder_widths": (8, 16, 24)}
 TINY = [
     "--set", "iterations=60", "--set", "batch=4", "--set", "crop_px=64", "--set", "fuse_width=16",
     "--set", "embed=32", "--set", "decoder_widths=8,16,24", "--set", "lr=3e-3",
-    "--tile", "64", "--overlap", "16",
+    "--set", "checkpoint_every=20", "--tile", "64", "--overlap", "16",
 ]  # fmt: skip
 ATOL = 1e-4
 
@@ -171,6 +171,10 @@ def test_tiny_training_writes_a_bundle_that_separates_an_obvious_defect(
     assert meta.family == "ikdff" and meta.params["attention"] is True
     assert meta.params["taps"] == [2, 4, 10]
     assert meta.training["iterations_done"] == 60
+    chosen = meta.training["checkpoint"]
+    assert [h[0] for h in chosen["history"]] == [20, 40, 60]
+    assert chosen["selected_score"] == max(h[1] for h in chosen["history"])
+    assert chosen["selected_iteration"] in (20, 40, 60)
     assert meta.training["settings"]["feature_mask"] == "on"
     q = bundle.tensors["net.norm.q"]
     assert q[1] > q[0]

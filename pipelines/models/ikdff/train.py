@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipelines.checkpoint import PseudoDefectSelector
 from pipelines.errors import ModelError
 from pipelines.models.base import module_tensors
 from pipelines.models.ikdff.model import IKDFFNet, cosine_distance, teacher_taps
@@ -44,6 +45,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-5,
         "blur_sigma_px": 4.0,
         "max_minutes": 11.0,
+        "checkpoint_every": 100,
     },
     # For a GPU (or a patient CPU): wider fusion, embedding and decoder, longer.
     "full": {
@@ -62,6 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-5,
         "blur_sigma_px": 4.0,
         "max_minutes": 600.0,
+        "checkpoint_every": 1000,
     },
 }
 
@@ -134,6 +137,7 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         "weight_decay": float(settings["weight_decay"]),
         "blur_sigma_px": float(settings["blur_sigma_px"]),
         "max_minutes": float(settings["max_minutes"]),
+        "checkpoint_every": _positive_int(settings, "checkpoint_every", 0),
         "tile_px": int(settings["tile_px"]),
     }
 
@@ -196,9 +200,21 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / iterations, 1.0)))
     )
+    every = s["checkpoint_every"]
+    selector = PseudoDefectSelector(held, crop_px=s["crop_px"], seed=seed) if every else None
+
+    def train_mode() -> None:
+        net.train()
+        net.teacher.eval()  # frozen, batch-norm statistics included
+
+    def checkpoint(iteration: int) -> None:
+        if selector is not None:
+            net.eval()
+            selector.consider(net, net.raw_map, iteration=iteration)
+            train_mode()
+
     deadline = time.monotonic() + 60.0 * s["max_minutes"]
-    net.train()
-    net.teacher.eval()  # frozen, batch-norm statistics included
+    train_mode()
     done = 0
     losses: list[float] = []
     bar = tqdm(range(iterations), desc="training IKDFF", disable=not progress, unit="it", mininterval=2)
@@ -217,7 +233,14 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         if time.monotonic() > deadline:
             log.warning("IKDFF training stopped at the profile's time limit after %d iterations", done)
             break
+        if every and done % every == 0 and done < iterations:
+            checkpoint(done)
+    checkpoint(done)
     net.eval()
+    if selector is not None:
+        selector.restore_best(net)
+        log.info("IKDFF: kept the weights of iteration %s of %d (pseudo-defect score %.3f)",
+                 selector.best_iteration, done, selector.best_score)  # fmt: skip
 
     q = holdout_quantiles(net.raw_map, held, tile_px=s["tile_px"])
     net.norm.q.copy_(torch.from_numpy(q[0]))
@@ -239,6 +262,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             "iterations_done": done,
             "final_loss": float(np.mean(losses[-25:])) if losses else None,
             "held_out": len(held),
+            "checkpoint": None if selector is None else selector.info(),
             "map_quantiles": q.tolist(),
             "calibration": calibration,
         },

@@ -3,7 +3,6 @@ the station window on either, all offscreen (QT_QPA_PLATFORM=offscreen, set in t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from appliance.line import Line
 from appliance.records import Records, RecordsSettings
 from drivers.camera.base import Frame
 from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
-from drivers.verdict import Defect, Result, Verdict
-from pipelines.bundle import Bundle, BundleMeta, Calibration
+from drivers.verdict import Defect
+from tests.appliance.doubles import ThresholdInspectorForTests
 
 TOKEN = "gui-test-token-0123456789"
 PIN = "2468"
@@ -28,58 +27,35 @@ PIN = "2468"
 PIN_HASH = hash_pin(PIN)
 
 
-class DefectBoxInspectorForTests:
-    """Test double of `pipelines.inspector.Inspector`: the verdict comes from the synthetic frame's
-    ground truth, with one defect box (the truth mask's bounding box) sized in mm at 0.1 mm/px,
-    so the station has scores, maps and labelled boxes to show. `delay_s` slows it down."""
+class DefectBoxInspectorForTests(ThresholdInspectorForTests):
+    """The shared threshold double with one defect box (the truth mask's bounding box) sized in mm
+    at 0.1 mm/px, so the station has scores, maps and labelled boxes to show."""
 
     mm_per_px = 0.1
 
     def __init__(self, *, name: str = "gui-double", delay_s: float = 0.0) -> None:
-        meta = BundleMeta(family=name, created="test", calibration=Calibration(image_threshold=1.0))
-        self.bundle = Bundle(Path(name), meta)
-        self.delay_s = delay_s
+        super().__init__(name=name, delay_s=delay_s)
 
-    @property
-    def calibration(self) -> Calibration:
-        return self.bundle.meta.calibration
-
-    def inspect(self, frame: Frame) -> Verdict:
-        if self.delay_s:
-            time.sleep(self.delay_s)
+    def _mask(self, frame: Frame) -> np.ndarray | None:
         truth = frame.truth or {}
-        defective = bool(truth.get("defective"))
-        raw = 1.5 if defective else 0.5
-        amap = np.full(frame.pixels.shape[:2], raw * 0.3, np.float32)
-        defects: tuple[Defect, ...] = ()
         mask = truth.get("mask")
-        if defective and mask is not None and mask.any():
-            ys, xs = np.nonzero(mask)
-            x, y, w, h = int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1
+        return mask if truth.get("defective") and mask is not None and mask.any() else None
+
+    def anomaly_map(self, frame: Frame, raw: float) -> np.ndarray:
+        amap = np.full(frame.pixels.shape[:2], raw * 0.3, np.float32)
+        mask = self._mask(frame)
+        if mask is not None:
             amap[mask > 0] = raw
-            area = int((mask > 0).sum())
-            defects = (Defect(x, y, w, h, area, raw, area_mm2=area * self.mm_per_px**2),)
-        threshold = self.calibration.image_threshold
-        return Verdict(
-            frame_id=frame.frame_id,
-            part_id=frame.part_id,
-            timestamp_s=frame.timestamp_s,
-            result=Result.NG if raw >= threshold else Result.OK,
-            score=raw / threshold,
-            defects=defects,
-            bundle_id=self.bundle.meta.bundle_id,
-            wall_time_s=frame.wall_time_s,
-            anomaly_map=amap,
-            truth=frame.truth,
-        )
+        return amap
 
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
+    def defects(self, frame: Frame, raw: float) -> tuple[Defect, ...]:
+        mask = self._mask(frame)
+        if mask is None:
+            return ()
+        ys, xs = np.nonzero(mask)
+        x, y, w, h = int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1
+        area = int((mask > 0).sum())
+        return (Defect(x, y, w, h, area, raw, area_mm2=area * self.mm_per_px**2),)
 
 
 def make_line(

@@ -31,7 +31,8 @@ from appliance.gui.stream import (
 )
 from appliance.gui.window import StationWindow
 from appliance.records import RecordsReader
-from tests.appliance.gui.conftest import PIN, PIN_HASH, TOKEN, wait_until
+from tests.appliance.doubles import wait_until
+from tests.appliance.gui.conftest import PIN, PIN_HASH, TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 
