@@ -1,12 +1,13 @@
 """Checkpoint selection without real defects: keep the weights whose map best
 separates artificial defects from good crops of held-out images.
 
-Why: a distillation student learns, the longer it trains, to reproduce its
-teacher on anything, anomalies included (over-imitation). Measured on bsdata
-(IKDFF fast, session 3, BENCHMARKS.md): image AUROC 0.835 when a loaded
-machine stopped training after 501 of 1500 iterations, 0.706 after all 1500
-on an idle one. The last weights are not the best ones, and which iteration
-is best depends on the data.
+Why: a distillation student can learn, the longer it trains, to reproduce its
+teacher on anything, anomalies included (over-imitation). Measured with IKDFF's
+fast profile (BENCHMARKS.md, session 3): on the synthetic package-paper set the
+score below peaks at iteration 100-200 (0.998) and falls to 0.93 by iteration
+790; on bsdata it rises until iteration 800 and then stays flat. The last
+weights are not always the best, and which iteration is best depends on the
+data.
 
 How: a fixed validation set made only of held-out good images (never the
 test set): `n` random crops at the training crop size, and the same crops
