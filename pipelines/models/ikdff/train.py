@@ -45,7 +45,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-5,
         "blur_sigma_px": 4.0,
         "max_minutes": 11.0,
-        "checkpoint_every": 100,
+        "checkpoint_every": 0,  # off: measured neutral to harmful on bsdata/deeppcb (BENCHMARKS.md)
     },
     # For a GPU (or a patient CPU): wider fusion, embedding and decoder, longer.
     "full": {
@@ -64,7 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-5,
         "blur_sigma_px": 4.0,
         "max_minutes": 600.0,
-        "checkpoint_every": 1000,
+        "checkpoint_every": 0,
     },
 }
 
