@@ -35,7 +35,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: <= 15 min in all for 500 images at 256x256.
     "fast": {
         "teachers": "dual",
-        "scoring": "cosine",
+        "scoring": "ssim",  # measured: bsdata 0.921 / 0.770 against cosine 0.752 / 0.353
         "width": 64,
         "latent": 32,
         "iterations": 1500,
@@ -52,7 +52,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # For a GPU (or a patient CPU): wider, full-size crops, longer.
     "full": {
         "teachers": "dual",
-        "scoring": "cosine",
+        "scoring": "ssim",
         "width": 96,
         "latent": 48,
         "iterations": 20000,
