@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from pipelines.models.base import GlobalBranch
-from pipelines.tiling import TilePlan, batches
+from pipelines.tiling import TilePlan
 
 InferFn = Callable[[np.ndarray], np.ndarray]
 MODES = ("tiles", "whole", "auto")
@@ -137,12 +137,20 @@ class TiledAnalyser:
         if m:
             rgb = np.pad(rgb, ((m, m), (m, m), (0, 0)), mode="reflect")
         plan = self.plan(rgb.shape[0], rgb.shape[1])
-        tiles = plan.tiles(rgb)
-        outs = []
-        for batch in batches(tiles, batch_size=self.batch_size):
-            x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) * self.input_scale
-            outs.append(np.asarray(self.infer(x), dtype=np.float32)[:, 0])
-        stitched = plan.stitch(np.concatenate(outs))
+        img = plan.padded(rgb)
+        t = plan.tile_px
+        positions = plan.positions()
+        # Each tile is scaled straight from the frame into one reused float buffer (one pass, no
+        # stack of all tiles): the backends copy their input, so the buffer is free after infer().
+        buf = np.empty((min(self.batch_size, len(positions)), 3, t, t), np.float32)
+        maps = np.empty((len(positions), t, t), np.float32)
+        for start in range(0, len(positions), self.batch_size):
+            chunk = positions[start : start + self.batch_size]
+            x = buf[: len(chunk)]
+            for k, (y, x0) in enumerate(chunk):
+                np.multiply(img[y : y + t, x0 : x0 + t].transpose(2, 0, 1), self.input_scale, out=x[k])
+            maps[start : start + len(chunk)] = np.asarray(self.infer(x), dtype=np.float32)[:, 0]
+        stitched = plan.stitch(maps)
         return stitched[m : m + h, m : m + w] if m else stitched
 
     def __call__(self, rgb: np.ndarray) -> Analysis:

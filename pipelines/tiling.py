@@ -87,11 +87,15 @@ class TilePlan:
 
     def tiles(self, image: np.ndarray) -> np.ndarray:
         """(N, tile, tile[, C]) views copied into one array, in `positions()` order."""
-        if image.shape[:2] != (self.height_px, self.width_px):
-            raise ValueError(f"plan is for {self.height_px}x{self.width_px}, image is {image.shape[:2]}")
-        img = self._pad(image)
+        img = self.padded(image)
         t = self.tile_px
         return np.stack([img[y : y + t, x : x + t] for y, x in self.positions()])
+
+    def padded(self, image: np.ndarray) -> np.ndarray:
+        """The image, padded as the tiles see it (itself for frames at least one tile large)."""
+        if image.shape[:2] != (self.height_px, self.width_px):
+            raise ValueError(f"plan is for {self.height_px}x{self.width_px}, image is {image.shape[:2]}")
+        return self._pad(image)
 
     def weights(self) -> np.ndarray:
         """(N, tile, tile) blending weights, in `positions()` order (read-only, computed once per plan)."""
