@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from drivers.camera.base import Frame
+from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
 from drivers.verdict import Defect, Result, Verdict
 from pipelines.bundle import Bundle, BundleMeta, Calibration
 
@@ -27,6 +28,16 @@ def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.01)
+
+
+def synthetic_camera(*, parts: int | None = None, rate_hz: float | None = 100.0) -> SyntheticCamera:
+    """The tests' line: 64x64 prints, 30% defective, seed 3 (not opened)."""
+    return SyntheticCamera(
+        SyntheticSettings(
+            product="print", width_px=64, height_px=64, frame_rate_hz=rate_hz, parts=parts, seed=3,
+            defect_rate=0.3,
+        )
+    )  # fmt: skip
 
 
 class ThresholdInspectorForTests:

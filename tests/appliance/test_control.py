@@ -23,9 +23,8 @@ from appliance.control import ControlServer, resolve_token
 from appliance.errors import ConfigError
 from appliance.line import Line
 from appliance.records import Records, RecordsReader, RecordsSettings
-from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
 from pipelines.errors import BundleError
-from tests.appliance.doubles import ThresholdInspectorForTests, wait_until
+from tests.appliance.doubles import ThresholdInspectorForTests, synthetic_camera, wait_until
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -38,11 +37,7 @@ def factory(path: Path) -> ThresholdInspectorForTests:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Line, ControlServer]]:
-    cam = SyntheticCamera(
-        SyntheticSettings(
-            product="print", width_px=64, height_px=64, frame_rate_hz=60, seed=3, defect_rate=0.3
-        )
-    )
+    cam = synthetic_camera(rate_hz=60)
     cam.open()
     line = Line(
         camera=cam,

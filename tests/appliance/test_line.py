@@ -18,27 +18,17 @@ from appliance.line import EventHub, Line, LineError, _Display, open_line, reaso
 from appliance.records import Records, RecordsReader, RecordsSettings
 from calibration.capture import CaptureMonitor, CaptureSettings
 from calibration.errors import CalibrationError
-from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
+from drivers.camera.synthetic import SyntheticCamera
 from drivers.io.log import LogOutput, LogOutputSettings
 from drivers.verdict import Result
 from pipelines.bundle import load_bundle, update_meta
 from pipelines.errors import BundleError
 from pipelines.inspector import Inspector
-from tests.appliance.doubles import ThresholdInspectorForTests, wait_until
+from tests.appliance.doubles import ThresholdInspectorForTests, synthetic_camera, wait_until
 
 
 def camera(*, parts: int | None, rate_hz: float | None = 200.0) -> SyntheticCamera:
-    cam = SyntheticCamera(
-        SyntheticSettings(
-            product="print",
-            width_px=64,
-            height_px=64,
-            frame_rate_hz=rate_hz,
-            parts=parts,
-            seed=3,
-            defect_rate=0.3,
-        )
-    )
+    cam = synthetic_camera(parts=parts, rate_hz=rate_hz)
     cam.open()
     return cam
 

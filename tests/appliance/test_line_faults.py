@@ -26,10 +26,10 @@ from appliance.config import LineSettings
 from appliance.line import Line
 from appliance.records import Records, RecordsReader, RecordsSettings
 from drivers.camera.base import Camera, Frame
-from drivers.camera.synthetic import SyntheticCamera, SyntheticSettings
+from drivers.camera.synthetic import SyntheticCamera
 from drivers.errors import CameraError
 from drivers.io.base import Output
-from tests.appliance.doubles import ThresholdInspectorForTests, wait_until
+from tests.appliance.doubles import ThresholdInspectorForTests, synthetic_camera, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,20 +76,6 @@ class FlakyCameraForTests(Camera):
         self.status.state = "closed"
 
 
-def synthetic(*, parts: int | None = None, rate_hz: float | None = 100.0) -> SyntheticCamera:
-    return SyntheticCamera(
-        SyntheticSettings(
-            product="print",
-            width_px=64,
-            height_px=64,
-            frame_rate_hz=rate_hz,
-            parts=parts,
-            seed=3,
-            defect_rate=0.3,
-        )
-    )
-
-
 def build_line(
     tmp_path: Path,
     *,
@@ -117,7 +103,7 @@ def recorded_ids(records_path: Path) -> list[int]:
 
 
 def test_camera_disappears_and_comes_back(tmp_path: Path) -> None:
-    cam = FlakyCameraForTests(synthetic())
+    cam = FlakyCameraForTests(synthetic_camera())
     line = build_line(tmp_path, camera=cam, inspector=ThresholdInspectorForTests())
     line.start()
     try:
@@ -161,7 +147,10 @@ def test_plc_goes_down_and_comes_back(tmp_path: Path) -> None:
         )
     )
     line = build_line(
-        tmp_path, camera=synthetic(rate_hz=50.0), inspector=ThresholdInspectorForTests(), outputs=[output]
+        tmp_path,
+        camera=synthetic_camera(rate_hz=50.0),
+        inspector=ThresholdInspectorForTests(),
+        outputs=[output],
     )
     try:
         line.start()
@@ -194,7 +183,7 @@ def test_archive_disk_full_keeps_every_record(tmp_path: Path, monkeypatch: pytes
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(appliance.archive, "_write_file", full)
-    line = build_line(tmp_path, camera=synthetic(), inspector=ThresholdInspectorForTests())
+    line = build_line(tmp_path, camera=synthetic_camera(), inspector=ThresholdInspectorForTests())
     line.start()
     try:
         wait_until(
@@ -217,7 +206,7 @@ def test_archive_disk_full_keeps_every_record(tmp_path: Path, monkeypatch: pytes
 def test_model_too_slow_rejects_uninspected_and_memory_stays_bounded(tmp_path: Path) -> None:
     line = build_line(
         tmp_path,
-        camera=synthetic(rate_hz=100.0),
+        camera=synthetic_camera(rate_hz=100.0),
         inspector=ThresholdInspectorForTests(delay_s=0.12),
         queue_size=2,
         deadline_ms=100.0,
@@ -251,7 +240,7 @@ def test_model_too_slow_rejects_uninspected_and_memory_stays_bounded(tmp_path: P
 def test_inspection_exceptions_are_uninspected_and_the_worker_lives_on(tmp_path: Path) -> None:
     line = build_line(
         tmp_path,
-        camera=synthetic(parts=30, rate_hz=200.0),
+        camera=synthetic_camera(parts=30, rate_hz=200.0),
         inspector=ThresholdInspectorForTests(fail_every=3),
     )
     line.start()
