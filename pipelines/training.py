@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,86 @@ def seed_everything(seed: int) -> None:
 
 
 MARGIN_PX = TileSpec().margin_px
+
+
+class TrainLoop:
+    """The iterations of one training phase: progress bar, running losses, time limit.
+
+    `for i in loop:` yields 0, 1, ... until `iterations` are done or the clock
+    (time.monotonic) has passed `deadline`, checked after each iteration so at
+    least one runs; `iterations=None` trains until the deadline (a time
+    budget). In the body, `loop.step(opt, loss)` does the optimiser step and
+    records the loss; other terms to watch go in as keywords.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        iterations: int | None,
+        deadline: float,
+        progress: bool,
+        every: int = 50,
+    ) -> None:
+        self.name = name
+        self.iterations = iterations
+        self.deadline = deadline
+        self.progress = progress
+        self.every = every
+        self.done = 0
+        self.stopped_by_time = False
+        self.history: dict[str, list[float]] = {"loss": []}
+
+    def __iter__(self) -> Iterator[int]:
+        from tqdm import tqdm
+
+        with tqdm(
+            total=self.iterations, desc=self.name, disable=not self.progress, unit="it", mininterval=2
+        ) as bar:
+            while self.iterations is None or self.done < self.iterations:
+                yield self.done
+                self.done += 1
+                bar.update(1)
+                if self.done % self.every == 0:
+                    bar.set_postfix({k: f"{self.recent(k):.4f}" for k in self.history if self.history[k]})
+                if time.monotonic() > self.deadline:
+                    if self.iterations is not None:
+                        self.stopped_by_time = True
+                        log.warning(
+                            "%s stopped at the time limit after %d of %d iterations",
+                            self.name,
+                            self.done,
+                            self.iterations,
+                        )
+                    break
+
+    def step(
+        self,
+        opt: torch.optim.Optimizer,
+        loss: torch.Tensor,
+        sched: torch.optim.lr_scheduler.LRScheduler | None = None,
+        **terms: torch.Tensor | float,
+    ) -> None:
+        """Backward, optimiser (and scheduler) step; record `loss` and the named `terms`."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        self.record(loss=float(loss.item()), **terms)
+
+    def record(self, **terms: torch.Tensor | float) -> None:
+        for k, v in terms.items():
+            self.history.setdefault(k, []).append(float(v.item() if isinstance(v, torch.Tensor) else v))
+
+    def recent(self, key: str = "loss") -> float:
+        """Mean of the last `every` values of `key` (nan before any)."""
+        values = self.history.get(key) or []
+        return float(np.mean(values[-self.every :])) if values else float("nan")
+
+    def final(self, key: str = "loss") -> float | None:
+        """`recent(key)` for the bundle's training info, None when nothing ran."""
+        return self.recent(key) if self.history.get(key) else None
 
 
 def with_margin(img: np.ndarray, margin_px: int = MARGIN_PX) -> np.ndarray:

@@ -19,14 +19,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipelines.backbone import frozen_features
 from pipelines.errors import ModelError
 from pipelines.models.atst.cot import STUDENT_KINDS
 from pipelines.models.atst.model import TAPS, TEACHER_NORMS, ATSTTileNet, net_from_params
 from pipelines.models.base import module_tensors
-from pipelines.training import CropSampler, Fitted, first_calibration, holdout_quantiles, split_holdout
+from pipelines.training import (
+    CropSampler,
+    Fitted,
+    TrainLoop,
+    first_calibration,
+    holdout_quantiles,
+    split_holdout,
+)
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
@@ -154,11 +160,9 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * progress_share(i)))
     )
     net.train()  # the student's BatchNorms and the teacher's EMA layers; the backbone stays in eval
-    done = 0
-    losses: list[float] = []
     per_scale: list[list[float]] = []
-    bar = tqdm(range(iterations), desc="training ATST", disable=not progress, unit="it", mininterval=2)
-    for _ in bar:
+    loop = TrainLoop("training ATST", iterations=iterations, deadline=deadline, progress=progress)
+    for _ in loop:
         x = sampler.sample(int(settings["batch"]))
         with torch.no_grad():
             targets = net.teacher(x)
@@ -167,19 +171,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             (1.0 - torch.nn.functional.cosine_similarity(t, s, dim=1, eps=1e-6)).mean()
             for t, s in zip(targets, preds, strict=True)
         ]
-        loss = torch.stack(terms).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done += 1
-        losses.append(loss.item())
+        loop.step(opt, torch.stack(terms).sum(), sched)
         per_scale.append([t.item() for t in terms])
-        if done % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if time.monotonic() > deadline:
-            log.warning("ATST training stopped at the profile's time limit after %d iterations", done)
-            break
     net.eval()
 
     q = holdout_quantiles(net.raw_maps, held, tile_px=tile_px)
@@ -189,8 +182,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         params=params,
         tensors=module_tensors(net, "net"),
         info={
-            "iterations_done": done,
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "iterations_done": loop.done,
+            "final_loss": loop.final(),
             "final_loss_per_scale": np.mean(per_scale[-50:], axis=0).round(5).tolist() if per_scale else None,
             "ema_updates": int(net.teacher.ema_layers()[0].updates),
             "held_out": len(held),

@@ -20,13 +20,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipelines.backbone import frozen_features
 from pipelines.errors import ModelError
 from pipelines.models.base import module_tensors
 from pipelines.models.distrec.model import SCORINGS, TEACHER_DIM, TEACHER_SETS, TEACHER_TAPS, DistRecNet
-from pipelines.training import CropSampler, Fitted, first_calibration, holdout_quantiles, split_holdout
+from pipelines.training import (
+    CropSampler,
+    Fitted,
+    TrainLoop,
+    first_calibration,
+    holdout_quantiles,
+    split_holdout,
+)
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
@@ -170,12 +176,12 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     )
     distill_w = float(settings["distill_weight"])
     corrupt = float(settings["corrupt_prob"])
-    deadline = time.monotonic() + 60.0 * float(settings["max_minutes"])
     net.train()
-    done = 0
-    hist: dict[str, list[float]] = {"distill": [], "recon": []}
-    bar = tqdm(range(iterations), desc="training DistRec", disable=not progress, unit="it", mininterval=2)
-    for _ in bar:
+    loop = TrainLoop(
+        "training DistRec", iterations=iterations, progress=progress,
+        deadline=time.monotonic() + 60.0 * float(settings["max_minutes"]),
+    )  # fmt: skip
+    for _ in loop:
         clean = sampler.sample(int(settings["batch"]))
         x = paste_corruption(clean, prob=corrupt, gen=gen)
         with torch.no_grad():
@@ -184,21 +190,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         loss_distill = ((net.heads(f) - t) ** 2).mean()
         r = net.decoder(f)
         loss_recon = (r - clean).abs().mean() + (1.0 - net.ssim(r, clean)).mean()
-        loss = distill_w * loss_distill + loss_recon
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done += 1
-        hist["distill"].append(loss_distill.item())
-        hist["recon"].append(loss_recon.item())
-        if done % 50 == 0:
-            bar.set_postfix(
-                distill=f"{np.mean(hist['distill'][-50:]):.3f}", recon=f"{np.mean(hist['recon'][-50:]):.3f}"
-            )
-        if time.monotonic() > deadline:
-            log.warning("DistRec training stopped at the profile's time limit after %d iterations", done)
-            break
+        loop.step(opt, distill_w * loss_distill + loss_recon, sched, distill=loss_distill, recon=loss_recon)
     net.eval()
 
     q = holdout_quantiles(net.raw_map, held, tile_px=tile_px)
@@ -217,9 +209,9 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         params=out_params,
         tensors=module_tensors(net, "net"),
         info={
-            "iterations_done": done,
-            "final_distill_loss": float(np.mean(hist["distill"][-50:])) if done else None,
-            "final_recon_loss": float(np.mean(hist["recon"][-50:])) if done else None,
+            "iterations_done": loop.done,
+            "final_distill_loss": loop.final("distill"),
+            "final_recon_loss": loop.final("recon"),
             "held_out": len(held),
             "map_quantiles": q.tolist(),
             "calibration": calibration,

@@ -16,13 +16,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipelines.checkpoint import PseudoDefectSelector
 from pipelines.errors import ModelError
 from pipelines.models.base import module_tensors
 from pipelines.models.ikdff.model import IKDFFNet, cosine_distance, teacher_taps
-from pipelines.training import CropSampler, Fitted, first_calibration, holdout_quantiles, split_holdout
+from pipelines.training import (
+    CropSampler,
+    Fitted,
+    TrainLoop,
+    first_calibration,
+    holdout_quantiles,
+    split_holdout,
+)
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
@@ -213,34 +219,23 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             selector.consider(net, net.raw_map, iteration=iteration)
             train_mode()
 
-    deadline = time.monotonic() + 60.0 * s["max_minutes"]
     train_mode()
-    done = 0
-    losses: list[float] = []
-    bar = tqdm(range(iterations), desc="training IKDFF", disable=not progress, unit="it", mininterval=2)
-    for _ in bar:
+    loop = TrainLoop(
+        "training IKDFF", iterations=iterations, progress=progress, every=25,
+        deadline=time.monotonic() + 60.0 * s["max_minutes"],
+    )  # fmt: skip
+    for i in loop:
         x = sampler.sample(s["batch"])
         t, st = net.pair(x)
-        loss = distillation_loss(t, st)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done += 1
-        losses.append(loss.item())
-        if done % 25 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
-        if time.monotonic() > deadline:
-            log.warning("IKDFF training stopped at the profile's time limit after %d iterations", done)
-            break
-        if every and done % every == 0 and done < iterations:
-            checkpoint(done)
-    checkpoint(done)
+        loop.step(opt, distillation_loss(t, st), sched)
+        if every and (i + 1) % every == 0 and i + 1 < iterations:
+            checkpoint(i + 1)
+    checkpoint(loop.done)
     net.eval()
     if selector is not None:
         selector.restore_best(net)
         log.info("IKDFF: kept the weights of iteration %s of %d (pseudo-defect score %.3f)",
-                 selector.best_iteration, done, selector.best_score)  # fmt: skip
+                 selector.best_iteration, loop.done, selector.best_score)  # fmt: skip
 
     q = holdout_quantiles(net.raw_map, held, tile_px=s["tile_px"])
     net.norm.q.copy_(torch.from_numpy(q[0]))
@@ -259,8 +254,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         params=params_out,
         tensors=module_tensors(net, "net"),
         info={
-            "iterations_done": done,
-            "final_loss": float(np.mean(losses[-25:])) if losses else None,
+            "iterations_done": loop.done,
+            "final_loss": loop.final(),
             "held_out": len(held),
             "checkpoint": None if selector is None else selector.info(),
             "map_quantiles": q.tolist(),
