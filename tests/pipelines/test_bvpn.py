@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from appliance.cli import main
+from drivers.camera.scene import LOGICAL_DEFECTS as LOGICAL
 from drivers.camera.scene import SceneRenderer
 from pipelines.datasets.synth import write_mvtec_dataset
 from pipelines.metrics import image_auroc
@@ -120,15 +121,46 @@ def test_logical_module_sees_layout_defects() -> None:
     r = SceneRenderer(product="print", width_px=256, height_px=256, seed=11)
     good = [r.render(i).image for i in range(40)]
     module = fit_logical(good[:30], good[30:36], work_px=96, classes=6, min_component_px=3, seed=0)
-    scores, labels = [], []
-    for i in range(100, 106):
-        scores.append(module(r.render(i).image).score)
-        labels.append(0)
-    for d in ("missing", "extra", "wrong_colour"):
-        for i in range(200, 204):
-            scores.append(module(r.render(i, defect=d).image).score)
-            labels.append(1)
-    assert image_auroc(np.array(scores), np.array(labels)) >= 0.9
+    good_scores = [module(r.render(i).image).score for i in range(100, 112)]
+    bad_scores = {d: [module(r.render(i, defect=d).image).score for i in range(200, 206)] for d in LOGICAL}
+    for d, bad in bad_scores.items():
+        auroc = image_auroc(np.r_[good_scores, bad], np.r_[np.zeros(len(good_scores)), np.ones(len(bad))])
+        assert auroc >= 0.9, (d, auroc)
+
+
+def test_shifted_elements_need_the_out_of_place_score() -> None:
+    """A shifted element keeps every count and colour: the statistics alone miss it."""
+    r = SceneRenderer(product="print", width_px=256, height_px=256, seed=11)
+    good = [r.render(i).image for i in range(40)]
+    module = fit_logical(good[:30], good[30:36], work_px=96, classes=6, min_component_px=3, seed=0)
+    assert module.blob_q is not None
+    labels = np.r_[np.zeros(12), np.ones(6)]
+    imgs = [r.render(i).image for i in range(100, 112)] + [
+        r.render(i, defect="shifted").image for i in range(200, 206)
+    ]
+    with_area = image_auroc(np.array([module(img).score for img in imgs]), labels)
+    module.blob_q = None
+    stats_only = image_auroc(np.array([module(img).score for img in imgs]), labels)
+    assert with_area >= 0.9 and stats_only < 0.75, (with_area, stats_only)
+
+
+def test_logical_score_is_aligned_with_the_tile_scale_and_survives_the_bundle() -> None:
+    from pipelines.models.bvpn.logical import LogicalModule
+
+    r = SceneRenderer(product="print", width_px=128, height_px=128, seed=5)
+    imgs = [r.render(i).image for i in range(26)]
+    module = fit_logical(imgs[:20], imgs[20:], work_px=64, classes=5, min_component_px=3, seed=0)
+    units = np.array([module.unit_score(*module.parts(img)[:2]) for img in imgs[20:]])
+    before = np.array([module(img).score for img in imgs[20:]])
+    assert before == pytest.approx(units)  # unaligned: the held-out scale itself
+    module.align_to(np.array([0.2, 0.4, 0.5, 1.6]))
+    assert module.score_to.tolist() == pytest.approx([0.45, 1.6])
+    after = np.array([module(img).score for img in imgs[20:]])
+    assert after == pytest.approx(0.45 + units * (1.6 - 0.45))
+    params, tensors = module.to_bundle()
+    again = LogicalModule.from_bundle(params, tensors)
+    assert again.rare_tau == module.rare_tau and again.blob_q is not None
+    assert np.array([again(img).score for img in imgs[20:]]) == pytest.approx(after, rel=1e-5)
 
 
 def test_layout_consistency_tells_registered_prints_from_free_textures() -> None:

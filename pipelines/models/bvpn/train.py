@@ -17,13 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipelines.backbone import frozen_features
 from pipelines.models.base import module_tensors
 from pipelines.models.bvpn.logical import fit_logical
 from pipelines.models.bvpn.model import TAPS, BVPNTileNet
-from pipelines.training import CropSampler, Fitted, first_calibration, holdout_quantiles, split_holdout
+from pipelines.training import (
+    CropSampler,
+    Fitted,
+    TrainLoop,
+    first_calibration,
+    holdout_quantiles,
+    split_holdout,
+)
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
@@ -48,6 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "logical_classes": 6,
         "logical_min_component_px": 4,
         "logical_min_consistency": 0.78,
+        "logical_rare_tau": 0.005,
         "max_minutes": 9.0,
     },
     # For a GPU (or a patient CPU): wider networks, full-size crops, longer.
@@ -68,6 +75,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "logical_classes": 8,
         "logical_min_component_px": 4,
         "logical_min_consistency": 0.78,
+        "logical_rare_tau": 0.005,
         "max_minutes": 600.0,
     },
 }
@@ -117,13 +125,13 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     )
     hard_q = float(settings["hard_quantile"])
     dim = net.dim
-    deadline = time.monotonic() + 60.0 * float(settings["max_minutes"])
     net.student.train()
     net.ae.train()
-    done = 0
-    losses: list[float] = []
-    bar = tqdm(range(iterations), desc="training BVPN", disable=not progress, unit="it", mininterval=2)
-    for _ in bar:
+    loop = TrainLoop(
+        "training BVPN", iterations=iterations, progress=progress,
+        deadline=time.monotonic() + 60.0 * float(settings["max_minutes"]),
+    )  # fmt: skip
+    for _ in loop:
         x = sampler.sample(int(settings["batch"]))
         with torch.no_grad():
             t = net.teacher(x)
@@ -134,18 +142,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         loss_focus = d[d >= thr].mean()
         loss_ae = ((a - t) ** 2).mean()
         loss_stae = ((s[:, dim:] - a.detach()) ** 2).mean()
-        loss = loss_focus + loss_ae + loss_stae
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done += 1
-        losses.append(loss.item())
-        if done % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if time.monotonic() > deadline:
-            log.warning("BVPN training stopped at the profile's time limit after %d iterations", done)
-            break
+        loop.step(opt, loss_focus + loss_ae + loss_stae, sched)
     net.eval()
 
     q = holdout_quantiles(net.raw_maps, held, tile_px=tile_px)
@@ -169,6 +166,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             classes=int(settings["logical_classes"]),
             min_component_px=int(settings["logical_min_component_px"]),
             seed=seed,
+            rare_tau=float(settings["logical_rare_tau"]),
         )
         consistency = logical.layout_consistency()
         if auto and consistency < float(settings["logical_min_consistency"]):
@@ -180,11 +178,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             logical = None
             modules = tuple(m for m in modules if m != "logical")
             out_params["modules"] = list(modules)
-        else:
-            lp, lt = logical.to_bundle()
-            out_params["logical"] = lp
-            tensors.update(lt)
-        logical_info = {
+        logical_info: dict[str, Any] = {
             "layout_consistency": round(consistency, 4),
             "auto": auto,
             "used": logical is not None,
@@ -204,13 +198,20 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         }
         log.info("tile module weights %s from pseudo-defect AUROC %s", weighting["weights"], aurocs)
     tensors = {**tensors, **module_tensors(net, "net")}
+    if logical is not None:
+        tile_scores = held_tile_scores(net, held, tile_px=tile_px)
+        logical.align_to(tile_scores)
+        logical_info["score_to"] = [round(float(v), 4) for v in logical.score_to]
+        lp, lt = logical.to_bundle()
+        out_params["logical"] = lp
+        tensors.update(lt)
     calibration = first_calibration(net, logical, held, tile_px=tile_px)
     return Fitted(
         params=out_params,
         tensors=tensors,
         info={
-            "iterations_done": done,
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "iterations_done": loop.done,
+            "final_loss": loop.final(),
             "held_out": len(held),
             "map_quantiles": q.tolist(),
             "logical": logical_info,
@@ -218,6 +219,15 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             "calibration": calibration,
         },
     )
+
+
+def held_tile_scores(net: BVPNTileNet, held: list[np.ndarray], *, tile_px: int) -> np.ndarray:
+    """The tile map's image scores (maximum) on the held-out good images, as the inspector sees them."""
+    from pipelines.inference import TiledAnalyser, torch_infer
+    from pipelines.training import MARGIN_PX
+
+    analyse = TiledAnalyser(torch_infer(net), tile_px=tile_px, overlap_px=32, margin_px=MARGIN_PX)
+    return np.array([analyse(img).tile_score for img in held])
 
 
 def tile_module_weights(
