@@ -21,6 +21,7 @@ from pipelines.models.ndpnet.train import defect_perception_loss, focal_loss
 from pipelines.training import train_bundle
 
 TINY = {
+    "budget": "epochs",
     "phase1_epochs": 10.0,
     "phase2_epochs": 6.0,
     "crop_px": 64,
@@ -205,6 +206,26 @@ def test_ablation_switches(paper: Path, tmp_path: Path) -> None:
     assert not any(k.startswith("net.rbam.") or k.startswith("net.msdsm.") for k in load_bundle(out).tensors)
 
 
+def test_time_budget_trains_each_phase_for_its_share(paper: Path, tmp_path: Path) -> None:
+    """budget=time: the phases run past their epoch counts until the clock says stop, in the
+    profile's split; the epochs actually trained are recorded."""
+    budget_s = 12.0
+    out = train_bundle(
+        family="ndpnet", data=paper, out=tmp_path / "t",
+        overrides={**TINY, "budget": "time", "max_minutes": budget_s / 60, "phase1_share": 0.5,
+                   "phase1_epochs": 0.5, "phase2_epochs": 0.5},
+        tile_px=64, overlap_px=16, progress=False,
+    )  # fmt: skip
+    info = load_bundle(out).meta.training
+    floor_iterations = 5  # 0.5 epochs of 64-px crops over 10 images of 128x128 (4 crops each), batch 4
+    assert info["budget"] == "time"
+    assert (
+        info["phase1_iterations"] > 2 * floor_iterations and info["phase2_iterations"] > 2 * floor_iterations
+    )
+    assert info["epochs"]["phase1"] > 0.5 and info["epochs"]["phase2"] > 0.5
+    assert info["network_training_s"] >= budget_s
+
+
 @pytest.mark.parametrize(
     ("key", "value", "says"),
     [
@@ -214,6 +235,8 @@ def test_ablation_switches(paper: Path, tmp_path: Path) -> None:
         ("crop_px", "100", "multiple of 32"),
         ("anomaly_probability", "1.5", "between 0 and 1"),
         ("rbam_tau", "0", "> 0"),
+        ("budget", "hours", "use time"),
+        ("phase1_share", "1.5", "fraction between 0 and 1"),
     ],
 )
 def test_bad_settings_raise_one_clear_error(

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pipelines.backbone import LiteFeatures, frozen_features
 from pipelines.errors import ModelError
@@ -36,6 +35,7 @@ from pipelines.models.ndpnet.model import RBAM_STAGES, SEGMENTATIONS, net_from_p
 from pipelines.training import (
     CropSampler,
     Fitted,
+    TrainLoop,
     first_calibration,
     holdout_quantiles,
     split_holdout,
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
 PERCEPTUAL_TAPS = (0, 1, 2, 3, 4)  # EfficientNet-Lite0's first five blocks (strides 2, 4, 4, 8, 8)
 SWITCHES = ("on", "off")
+BUDGETS = ("time", "epochs")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: at most 20 minutes for 500 tiles of 256x256 (README: what it costs).
@@ -58,8 +59,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rbam_tau": 0.05,
         "crop_px": 128,
         "batch": 8,
+        "budget": "time",
         "phase1_epochs": 3.0,
         "phase2_epochs": 1.5,
+        "phase1_share": 0.4,
         "lr": 5e-4,
         "weight_decay": 1e-5,
         "rec_weight": 100.0,
@@ -71,7 +74,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "anomaly_probability": 0.5,
         "anomaly_sources": "procedural,dataset,packaged",
         "reference_candidates": 48,
-        "max_minutes": 8.0,
+        "max_minutes": 15.0,
     },
     # The paper's schedule: 400 + 200 epochs of 256x256 crops, Adam 1e-4 (a GPU's work).
     "full": {
@@ -83,8 +86,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rbam_tau": 0.05,
         "crop_px": 256,
         "batch": 8,
+        "budget": "epochs",
         "phase1_epochs": 400.0,
         "phase2_epochs": 200.0,
+        "phase1_share": 0.4,
         "lr": 1e-4,
         "weight_decay": 1e-5,
         "rec_weight": 100.0,
@@ -106,6 +111,16 @@ def check_settings(settings: dict[str, Any]) -> None:
     for key in ("rbam",):
         if settings[key] not in SWITCHES:
             raise ModelError(f"ndpnet setting {key}={settings[key]!r}: use on or off")
+    if settings["budget"] not in BUDGETS:
+        raise ModelError(
+            f"ndpnet setting budget={settings['budget']!r}: use time (train for max_minutes) "
+            "or epochs (phase1_epochs + phase2_epochs, max_minutes as a cap)"
+        )
+    if not 0.0 < float(settings["phase1_share"]) < 1.0:
+        raise ModelError(
+            f"ndpnet setting phase1_share={settings['phase1_share']}: a fraction between 0 and 1 "
+            "(the share of the time limit for phase 1)"
+        )
     if settings["segmentation"] not in SEGMENTATIONS:
         raise ModelError(
             f"ndpnet setting segmentation={settings['segmentation']!r}: use msdsm (the paper) "
@@ -201,13 +216,14 @@ def reference_tile(
     return img, {"method": "medoid", "candidates": len(tiles), "index": best}
 
 
-PHASE2_ITERATION_COST = 3.0  # a phase-2 iteration's time in phase-1 iterations (measured, 2-core CPU)
-
-
 def _iterations(epochs: float, images: list[np.ndarray], crop_px: int, batch: int) -> int:
     """Iterations for `epochs` passes over the training area in crops of `crop_px` (>= 1 crop per image)."""
-    crops = sum(max(1, round(img.shape[0] * img.shape[1] / crop_px**2)) for img in images)
-    return max(1, math.ceil(epochs * crops / batch)) if epochs > 0 else 0
+    return max(1, math.ceil(epochs * _crops(images, crop_px) / batch)) if epochs > 0 else 0
+
+
+def _crops(images: list[np.ndarray], crop_px: int) -> int:
+    """Crops of `crop_px` in one pass over the training area (>= 1 per image)."""
+    return sum(max(1, round(img.shape[0] * img.shape[1] / crop_px**2)) for img in images)
 
 
 def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progress: bool) -> Fitted:
@@ -237,14 +253,13 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     }
     gamma = float(settings["focal_gamma"])
     budget_s = 60.0 * float(settings["max_minutes"])
-    start = time.monotonic()
     n1 = _iterations(float(settings["phase1_epochs"]), train, crop, batch)
     n2 = _iterations(float(settings["phase2_epochs"]), train, crop, batch)
-    # Each phase gets the share of the time limit its iterations would take (the paper's 400:200),
-    # weighted by what an iteration costs: phase 2 runs the encoder twice more (repair and MSDSM)
-    # and measured about 3x a phase-1 iteration on bsdata (593 phase-1 iterations left phase 2
-    # only 64 when the split went by iteration count alone).
-    share1 = n1 / max(1.0, n1 + PHASE2_ITERATION_COST * n2)
+    # budget=time (fast profile): each phase trains for its share of max_minutes, however many
+    # epochs that is, so a small set is not under-trained; the epochs are the floor we warn
+    # below. budget=epochs (full profile): the epochs, with max_minutes as a cap split the same way.
+    by_time = settings["budget"] == "time"
+    share1 = float(settings["phase1_share"])
 
     def batch_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         good = sampler.sample(batch)
@@ -256,12 +271,14 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         return torch.optim.Adam(ps, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
 
     # Phase 1: encoder with pixel-level defect perception, and the decoder.
-    opt = adam([net.encoder, net.decoder])
+    opt = adam([net.encoder, net.decoder])  # the first optimiser imports for seconds: before the clock
     net.train()
-    deadline1 = start + budget_s * share1
-    done1, losses1 = 0, []
-    bar = tqdm(range(n1), desc="NDP-Net phase 1", disable=not progress, unit="it", mininterval=2)
-    for _ in bar:
+    start = time.monotonic()
+    loop1 = TrainLoop(
+        "NDP-Net phase 1", iterations=None if by_time else n1, deadline=start + budget_s * share1,
+        progress=progress, every=20,
+    )  # fmt: skip
+    for _ in loop1:
         good, bad, masks = batch_pair()
         feats = net.encoder(torch.cat([good, bad]))
         fo = [f[:batch] for f in feats]
@@ -271,19 +288,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         loss = w["rec_weight"] * F.mse_loss(rec, good) + w["per_weight"] * perceptual_loss(lite, rec, good)
         if w["def_per_weight"] > 0:
             loss = loss + w["def_per_weight"] * defect_perception_loss(fo, fad, masks)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        done1 += 1
-        losses1.append(loss.item())
-        if done1 % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses1[-20:]):.4f}")
-        if time.monotonic() > deadline1:
-            log.warning(
-                "NDP-Net phase 1 stopped at its share of the time limit after %d/%d iterations", done1, n1
-            )
-            break
-    bar.close()
+        loop1.step(opt, loss)
+    phase2_start = time.monotonic()
 
     # The reference tile, cut into the RBFRM banks by the frozen encoder.
     for p in net.encoder.parameters():
@@ -299,10 +305,12 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     opt = adam(trainable)
     for m in trainable:
         m.train()
-    deadline2 = start + budget_s
-    done2, losses2 = 0, []
-    bar = tqdm(range(n2), desc="NDP-Net phase 2", disable=not progress, unit="it", mininterval=2)
-    for _ in bar:
+    loop2 = TrainLoop(
+        "NDP-Net phase 2", iterations=None if by_time else n2,
+        # The reference search is not charged to phase 2's share.
+        deadline=start + budget_s + (time.monotonic() - phase2_start), progress=progress, every=20,
+    )  # fmt: skip
+    for _ in loop2:
         good, bad, masks = batch_pair()
         with torch.no_grad():
             feats = net.encoder(torch.cat([good, bad]))
@@ -325,19 +333,16 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
                 ]
             ).sum()
             loss = loss + w["seg_weight"] * seg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        done2 += 1
-        losses2.append(loss.item())
-        if done2 % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses2[-20:]):.4f}")
-        if time.monotonic() > deadline2:
+        loop2.step(opt, loss)
+    crops = _crops(train, crop)
+    epochs = [round(loop.done * batch / crops, 2) for loop in (loop1, loop2)]
+    floors = [float(settings["phase1_epochs"]), float(settings["phase2_epochs"])]
+    for phase, (got, floor) in enumerate(zip(epochs, floors, strict=True), start=1):
+        if got < floor:
             log.warning(
-                "NDP-Net phase 2 stopped at the profile's time limit after %d/%d iterations", done2, n2
-            )
-            break
-    bar.close()
+                "NDP-Net phase %d trained %.2f epochs, fewer than the profile's %.2f: the time limit "
+                "was too short for this data on this machine (--set max_minutes=...)", phase, got, floor
+            )  # fmt: skip
     net.eval()
     train_s = time.monotonic() - start
 
@@ -348,10 +353,12 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         params=params,
         tensors=module_tensors(net, "net"),
         info={
-            "phase1_iterations": [done1, n1],
-            "phase2_iterations": [done2, n2],
-            "phase1_final_loss": float(np.mean(losses1[-20:])) if losses1 else None,
-            "phase2_final_loss": float(np.mean(losses2[-20:])) if losses2 else None,
+            "budget": settings["budget"],
+            "phase1_iterations": loop1.done,
+            "phase2_iterations": loop2.done,
+            "epochs": {"phase1": epochs[0], "phase2": epochs[1], "floor": floors},
+            "phase1_final_loss": loop1.final(),
+            "phase2_final_loss": loop2.final(),
             "network_training_s": round(train_s, 1),
             "reference": ref_info,
             "held_out": len(held),
