@@ -1,7 +1,7 @@
 """Benchmarking one bundle on one backend: latency, throughput, memory and the compute floor.
 
 Works on a bundle alone: the frame is synthetic (`SceneRenderer`, product
-"print", at the requested size). One frame's way is the inspector's own
+"print" or "paper", at the requested size). One frame's way is the inspector's own
 (`Inspector.inspect`: tiling, backend, stitching, global branch, decision),
 timed after warm-up runs. Besides latency (median, p99) and frames per
 second it reports:
@@ -223,13 +223,15 @@ def run_bench(
     batch_size: int = 8,
     profile: bool = False,
     flops: bool = True,
+    product: str = "print",
 ) -> dict[str, Any]:
-    """Benchmark `bundle` on `backend` at a synthetic `width_px` x `height_px` frame; one JSON-able dict."""
+    """Benchmark `bundle` on `backend` at a synthetic `width_px` x `height_px` frame of `product`;
+    one JSON-able dict."""
     from drivers.camera.base import Frame
     from drivers.camera.scene import SceneRenderer
     from pipelines.inspector import Inspector, decide
 
-    image = SceneRenderer(product="print", width_px=width_px, height_px=height_px, seed=0).render(0).image
+    image = SceneRenderer(product=product, width_px=width_px, height_px=height_px, seed=0).render(0).image
     # Before any backend exists: onnxruntime's worker threads spin for a while after each
     # run and would slow the GEMM benchmark down.
     gemm = gemm_gflops(threads=threads) if flops else None
@@ -269,6 +271,7 @@ def run_bench(
         **inspector.backend.describe(),
         "threads": threads,
         "frame": f"{width_px}x{height_px}",
+        "product": product,
         "mode": chosen_mode,
         "tiles": tiles if chosen_mode == "tiles" else 1,
         "tile_px": bundle.meta.tiles.tile_px,

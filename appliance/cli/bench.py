@@ -20,6 +20,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--bundle", required=True, help="model bundle directory")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default auto)")
     p.add_argument("--frame", default="1913x2624", metavar="WxH", help="frame size in px (default 1913x2624)")
+    p.add_argument(
+        "--product",
+        choices=("print", "paper"),
+        default="print",
+        help="what the synthetic frame shows: an inkjet print or package paper (default print); "
+        "a network's cost does not depend on it, a global branch's (BVPN's logical module) may",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
     p.add_argument("--runs", type=int, default=10, help="timed frames after warm-up (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed frames first (default 1)")
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         profile=args.profile,
         flops=not args.no_flops,
+        product=args.product,
     )
     if args.json:
         print_json(result)

@@ -22,7 +22,7 @@ from pipelines.training import train_bundle
 KEYS = {
     "backend", "device", "precision", "frame", "mode", "tiles", "latency_median_s", "latency_p99_s",
     "fps", "peak_rss_mib", "ru_maxrss_mib", "gflops_per_frame", "gemm_gflops_per_s", "compute_floor_s",
-    "latency_over_floor", "load_average",
+    "latency_over_floor", "load_average", "product",
 }  # fmt: skip
 
 
@@ -79,10 +79,11 @@ def test_cli_export_then_bench_whole_frame(
     entry = json.loads(capsys.readouterr().out)
     assert entry["opset"] == 17 and Path(entry["path"]).is_file()
     argv = ["bench", "--bundle", str(dest), "--backend", "onnxruntime", "--frame", "200x160"]
-    argv += ["--threads", "1", "--runs", "2", "--mode", "whole", "--profile", "--json"]
+    argv += ["--threads", "1", "--runs", "2", "--mode", "whole", "--profile", "--product", "paper", "--json"]
     assert _cli(bench_cmd, argv) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["backend"] == "onnxruntime" and r["mode"] == "whole" and r["tiles"] == 1
+    assert r["product"] == "paper" and r["frame"] == "200x160"
     assert r["gflops_per_frame"] > 0
     assert r["modules_ms_per_batch"] and all(v >= 0 for v in r["modules_ms_per_batch"].values())
 
