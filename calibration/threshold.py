@@ -190,6 +190,72 @@ def threshold_for_frr(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class BranchAlignment:
+    """Offset and gain for a whole-image branch's score; see `align_branches`."""
+
+    offset: float
+    gain: float
+    tile_tail: float
+    global_tail: float
+    tail_frr: float
+    method: str
+
+    def apply(self, global_scores: npt.ArrayLike) -> np.ndarray:
+        return self.offset + self.gain * np.asarray(global_scores, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def align_branches(
+    tile_scores: npt.ArrayLike, global_scores: npt.ArrayLike, *, target_frr: float
+) -> BranchAlignment:
+    """Put a whole-image branch's good-part scores on the tile branch's scale, tail on tail.
+
+    The image score is the larger of the two branches' scores, so one threshold cuts
+    both; if one branch's good tail is heavier, it alone sets the threshold and the
+    other branch's defects must clear a bar set by noise they do not share. Here the
+    global scores are mapped linearly so that their median lands on the tile scores'
+    median and their threshold for `target_frr / 2` false rejects (`threshold_for_frr`)
+    on the tile scores' one: each branch then rejects about half the target of good
+    parts at the common threshold. Too few images to estimate a tail: the medians
+    alone are matched (gain 1)."""
+    t = _scores(tile_scores, "tile scores", "good")
+    g = _scores(global_scores, "global scores", "good")
+    if t.size != g.size:
+        raise CalibrationError(f"{t.size} tile scores but {g.size} global scores: one of each per good image")
+    half = target_frr / 2
+    mt, mg = float(np.median(t)), float(np.median(g))
+    try:
+        tt = threshold_for_frr(t, target_frr=half).threshold
+        tg = threshold_for_frr(g, target_frr=half).threshold
+    except CalibrationError:
+        return BranchAlignment(mt - mg, 1.0, mt, mg, half, "medians (too few images for a tail)")
+    if tt - mt <= 1e-9 or tg - mg <= 1e-9:
+        return BranchAlignment(mt - mg, 1.0, tt, tg, half, "medians (a tail without spread)")
+    gain = (tt - mt) / (tg - mg)
+    return BranchAlignment(mt - gain * mg, gain, tt, tg, half, "median and tail")
+
+
+Parts = tuple[float, float, float]  # one image: (fused map maximum, tile score, global score or -inf)
+
+
+def align_parts(good: list[Parts], *, target_frr: float) -> BranchAlignment | None:
+    """`align_branches` on the good images' parts; None without a global branch (all -inf)."""
+    if not good or not all(math.isfinite(g) for _, _, g in good):
+        return None
+    return align_branches([t for _, t, _ in good], [g for _, _, g in good], target_frr=target_frr)
+
+
+def fuse(parts: list[Parts], alignment: BranchAlignment | None) -> np.ndarray:
+    """Image scores as the inspector computes them with `alignment`: max(map maximum, aligned global)."""
+    maps = np.array([m for m, _, _ in parts], dtype=np.float64)
+    if alignment is None:
+        return maps
+    return np.maximum(maps, alignment.apply([g for _, _, g in parts]))
+
+
 def threshold_f1(
     good_scores: npt.ArrayLike, bad_scores: npt.ArrayLike, *, confidence: float = 0.95
 ) -> ThresholdResult:

@@ -56,6 +56,12 @@ class Analysis:
     tile_score: float
     global_score: float | None
 
+    def fusion_parts(self) -> tuple[float, float, float]:
+        """(fused map maximum, tile score, global score or -inf): what calibration re-fuses
+        (`calibration.threshold.fuse`) with another alignment of the global score."""
+        g = self.global_score if self.global_score is not None else float("-inf")
+        return float(self.anomaly_map.max()), float(self.tile_score), float(g)
+
 
 @functools.lru_cache(maxsize=16)
 def _plan(height_px: int, width_px: int, tile_px: int, overlap_px: int) -> TilePlan:
@@ -77,9 +83,11 @@ class TiledAnalyser:
         margin_px: int = 0,
         mode: str = "tiles",
         whole_bytes_per_px: float | None = None,
+        global_affine: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         """`whole_bytes_per_px`: activation memory of the network per input pixel
-        (bytes), which "auto" needs; without it "auto" stays with tiles."""
+        (bytes), which "auto" needs; without it "auto" stays with tiles.
+        `global_affine`: (offset, gain) for the global branch's score (the calibration's)."""
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
         self.mode = mode
@@ -91,6 +99,7 @@ class TiledAnalyser:
         self.batch_size = batch_size
         self.input_scale = np.float32(input_scale)
         self.global_branch = global_branch
+        self.global_affine = global_affine
 
     def plan(self, height_px: int, width_px: int) -> TilePlan:
         return _plan(height_px, width_px, self.tile_px, self.overlap_px)
@@ -163,7 +172,9 @@ class TiledAnalyser:
             return Analysis(tile_score, tile, tile_score, None)
         g = self.global_branch(rgb)
         fused = np.maximum(tile, g.anomaly_map)
-        return Analysis(max(float(fused.max()), g.score), fused, tile_score, g.score)
+        offset, gain = self.global_affine
+        global_score = offset + gain * g.score
+        return Analysis(max(float(fused.max()), global_score), fused, tile_score, global_score)
 
 
 def torch_infer(net: Any) -> InferFn:

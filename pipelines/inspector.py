@@ -107,6 +107,7 @@ class Inspector:
             margin_px=bundle.meta.tiles.margin_px,
             mode=mode,
             whole_bytes_per_px=activation_bytes_per_px(bundle) if mode == "auto" else None,
+            global_affine=bundle.meta.calibration.global_affine,
         )
         self.mm_per_px: float | None = None
 

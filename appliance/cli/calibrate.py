@@ -85,6 +85,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run_threshold(args: argparse.Namespace) -> int:
     from calibration.threshold import (
+        Parts,
+        align_parts,
+        fuse,
         pixel_threshold_f1,
         pixel_threshold_for_fpr,
         sample_map_pixels,
@@ -126,20 +129,27 @@ def run_threshold(args: argparse.Namespace) -> int:
             masks_dir = existing_dir(args.masks, what="--masks")
             mask_paths = [_mask_for(masks_dir, path) for path in bad_paths]
     progress = not args.no_progress
-    good_list, good_pixels = [], []
+    # A whole-image branch (BVPN's logical module) is measured unaligned, then aligned with the
+    # tile map's tail on these good images (`align_branches`); the image scores are re-fused with
+    # that alignment, exactly as the inspector will: max(map maximum, offset + gain * global).
+    inspector.analyser.global_affine = (0.0, 1.0)
+    good_parts: list[Parts] = []
+    good_pixels = []
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
-        good_list.append(a.score)
+        good_parts.append(a.fusion_parts())
         good_pixels.append(sample_map_pixels(a.anomaly_map)[0])
-    good = np.array(good_list)
+    alignment = align_parts(good_parts, target_frr=args.target_frr)
+    good = fuse(good_parts, alignment)
     if args.bad:
-        bad_list, pixel_values, pixel_labels = [], [], []
+        bad_parts: list[Parts] = []
+        pixel_values, pixel_labels = [], []
         for i, (_, a) in enumerate(analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")):
-            bad_list.append(a.score)
+            bad_parts.append(a.fusion_parts())
             if mask_paths:
                 values, labels = sample_map_pixels(a.anomaly_map, _read_mask(mask_paths[i]))
                 pixel_values.append(values)
                 pixel_labels.append(labels)
-        bad = np.array(bad_list)
+        bad = fuse(bad_parts, alignment)
         if args.cost:
             try:
                 fr, miss = (float(x) for x in args.cost.split(":"))
@@ -172,10 +182,12 @@ def run_threshold(args: argparse.Namespace) -> int:
         min_defect_area_mm2=args.min_defect_area_mm2
         if args.min_defect_area_mm2 is not None
         else old.min_defect_area_mm2,
+        global_affine=(alignment.offset, alignment.gain) if alignment is not None else (0.0, 1.0),
         method=result.method,
         details={
             **result.to_dict(),
             **pixel_how,
+            "branch_alignment": alignment.to_dict() if alignment is not None else None,
             "good": str(args.good),
             "bad": str(args.bad) if args.bad else None,
             "masks": str(args.masks) if args.masks else None,
@@ -191,6 +203,7 @@ def run_threshold(args: argparse.Namespace) -> int:
             **pixel_how,
             "min_defect_area_px": calibration.min_defect_area_px,
             "min_defect_area_mm2": calibration.min_defect_area_mm2,
+            "global_affine": list(calibration.global_affine),
         }
     )
     return 0

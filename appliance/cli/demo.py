@@ -53,7 +53,7 @@ TARGET_FRR = 0.01
 MIN_RATE_HZ, MAX_RATE_HZ = 2.0, 20.0  # parts per second the demo line runs at
 REJECT_COIL = 0
 DEVICE_ID = 1
-_CALIBRATION_METHOD = "demo: fresh good parts, target_frr 1%"
+_CALIBRATION_METHOD = "demo: fresh good parts, target_frr 1%, branches aligned"
 
 
 def _cache_dir() -> Path:
@@ -121,31 +121,32 @@ def _dataset(work: Path, *, progress: bool) -> Path:
 
 def _calibrate(bundle_dir: Path, *, progress: bool) -> dict[str, Any]:
     """Threshold for TARGET_FRR from fresh good parts of the same design; written into the bundle."""
-    import numpy as np
     from tqdm import tqdm
 
-    from calibration.threshold import threshold_for_frr
+    from calibration.threshold import align_parts, fuse, threshold_for_frr
     from drivers.camera.scene import SceneRenderer
     from pipelines.bundle import Calibration, load_bundle, update_meta
     from pipelines.inspector import Inspector
 
     bundle = load_bundle(bundle_dir)
     inspector = Inspector(bundle)
+    inspector.analyser.global_affine = (0.0, 1.0)  # measured unaligned, aligned below (as aoi calibrate)
     scene = SceneRenderer(product=PRODUCT, width_px=SIZE_PX, height_px=SIZE_PX, seed=SEED)
-    scores = np.array(
-        [
-            inspector.analyse(scene.render(CALIBRATION_BASE + i).image).score
-            for i in tqdm(range(N_CALIBRATE), desc="calibrating", unit="part", disable=not progress)
-        ]
-    )
+    parts = [
+        inspector.analyse(scene.render(CALIBRATION_BASE + i).image).fusion_parts()
+        for i in tqdm(range(N_CALIBRATE), desc="calibrating", unit="part", disable=not progress)
+    ]
+    alignment = align_parts(parts, target_frr=TARGET_FRR)
+    scores = fuse(parts, alignment)
     result = threshold_for_frr(scores, target_frr=TARGET_FRR)
     update_meta(
         bundle,
         calibration=Calibration(
             image_threshold=result.threshold,
             pixel_threshold=result.threshold,
+            global_affine=(alignment.offset, alignment.gain) if alignment is not None else (0.0, 1.0),
             method=_CALIBRATION_METHOD,
-            details=result.to_dict(),
+            details={**result.to_dict(), "branch_alignment": alignment.to_dict() if alignment else None},
         ),
     )
     return {"threshold": result.threshold, "message": result.message}

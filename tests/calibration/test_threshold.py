@@ -13,7 +13,10 @@ from calibration.errors import CalibrationError
 from calibration.threshold import (
     FrrMethod,
     ThresholdResult,
+    align_branches,
+    align_parts,
     clopper_pearson_upper,
+    fuse,
     images_needed,
     pixel_threshold_f1,
     pixel_threshold_for_fpr,
@@ -254,3 +257,31 @@ def test_pixel_f1_threshold_separates_masked_defects() -> None:
         sample_map_pixels(amap, mask[:100])
     with pytest.raises(CalibrationError, match="no defective pixel"):
         pixel_threshold_f1(values, np.zeros_like(labels))
+
+
+def test_branch_alignment_puts_both_good_tails_at_one_threshold() -> None:
+    """A tight tile branch and a heavy-tailed global branch: unaligned, the global tail alone sets
+    the threshold; aligned, each branch rejects about half the target of good parts."""
+    rng = np.random.default_rng(0)
+    n, target = 4000, 0.02
+    tile = rng.normal(1.0, 0.05, n)
+    glob = rng.exponential(1.0, n) + 0.3
+    unaligned = np.maximum(tile, glob)
+    t0 = threshold_for_frr(unaligned, target_frr=target).threshold
+    assert np.mean(tile >= t0) == 0.0  # the tile branch could as well not exist
+    a = align_branches(tile, glob, target_frr=target)
+    assert a.method == "median and tail" and a.gain > 0
+    aligned = fuse([(float(t), float(t), float(g)) for t, g in zip(tile, glob, strict=True)], a)
+    assert np.median(a.apply(glob)) == pytest.approx(np.median(tile), abs=1e-9)
+    thr = threshold_for_frr(aligned, target_frr=target).threshold
+    by_tile, by_global = np.mean(tile >= thr), np.mean(a.apply(glob) >= thr)
+    assert 0.006 <= by_tile <= 0.014 and 0.006 <= by_global <= 0.014, (by_tile, by_global)
+
+
+def test_branch_alignment_falls_back_to_medians_and_skips_single_branch_models() -> None:
+    a = align_branches([1.0, 1.1, 1.2], [3.0, 4.0, 9.0], target_frr=0.01)
+    assert a.gain == 1.0 and a.offset == pytest.approx(1.1 - 4.0) and a.method.startswith("medians")
+    assert align_parts([(1.0, 1.0, float("-inf"))] * 30, target_frr=0.01) is None
+    assert fuse([(1.5, 1.0, float("-inf"))], None).tolist() == [1.5]
+    with pytest.raises(CalibrationError, match="one of each"):
+        align_branches([1.0, 2.0], [1.0], target_frr=0.01)

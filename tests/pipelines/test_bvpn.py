@@ -171,3 +171,40 @@ def test_layout_consistency_tells_registered_prints_from_free_textures() -> None
         m = fit_logical(imgs[:20], imgs[20:], work_px=128, classes=6, min_component_px=4, seed=0)
         values[product] = m.layout_consistency()
     assert values["print"] >= 0.78 > values["paper"]
+
+
+def test_calibrate_aligns_the_logical_branch_with_the_tile_branch(
+    tiny_print: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from pipelines.bundle import load_bundle
+    from pipelines.data import read_image
+    from pipelines.inspector import Inspector
+
+    bundle = tmp_path / "b"
+    argv = ["train", "--model", "bvpn", "--data", str(tiny_print), "--out", str(bundle), "--no-progress"]
+    assert main([*argv, *TINY, "--modules", "focus,peripheral,logical"]) == 0
+    good = tmp_path / "good"
+    good.mkdir()
+    scene = SceneRenderer(product="print", width_px=128, height_px=128, seed=3)
+    for i in range(40):
+        cv2.imwrite(str(good / f"{i:03d}.png"), cv2.cvtColor(scene.render(500 + i).image, cv2.COLOR_RGB2BGR))
+    capsys.readouterr()
+    calibrate = ["calibrate", "--bundle", str(bundle), "--good", str(good), "--target-frr", "0.05"]
+    assert main([*calibrate, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    out = json.loads(out[out.index("{") :])
+    cal = load_bundle(bundle).meta.calibration
+    assert cal.details["branch_alignment"]["method"] == "median and tail"
+    assert tuple(cal.global_affine) != (0.0, 1.0) and list(cal.global_affine) == pytest.approx(
+        out["global_affine"]
+    )
+    # The inspector applies what calibrate measured: on the calibration images it rejects exactly
+    # the share calibrate reported, and neither branch alone rejects more than half the target.
+    insp = Inspector(load_bundle(bundle), backend="torch", threads=1)
+    analyses = [insp.analyse(read_image(p)) for p in sorted(good.glob("*.png"))]
+    threshold = cal.image_threshold
+    assert np.mean([a.score >= threshold for a in analyses]) == pytest.approx(out["expected_frr"])
+    for part in ("tile_score", "global_score"):
+        assert sum(getattr(a, part) >= threshold for a in analyses) <= 1  # 40 x 0.05 / 2
