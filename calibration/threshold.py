@@ -192,9 +192,8 @@ def threshold_for_frr(
 
 @dataclasses.dataclass(frozen=True)
 class BranchAlignment:
-    """Offset and gain for a whole-image branch's score; see `align_branches`."""
+    """The gain for a whole-image branch's score and map; see `align_branches`."""
 
-    offset: float
     gain: float
     tile_tail: float
     global_tail: float
@@ -202,7 +201,7 @@ class BranchAlignment:
     method: str
 
     def apply(self, global_scores: npt.ArrayLike) -> np.ndarray:
-        return self.offset + self.gain * np.asarray(global_scores, dtype=np.float64)
+        return self.gain * np.asarray(global_scores, dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,44 +215,80 @@ def align_branches(
     The image score is the larger of the two branches' scores, so one threshold cuts
     both; if one branch's good tail is heavier, it alone sets the threshold and the
     other branch's defects must clear a bar set by noise they do not share. Here the
-    global scores are mapped linearly so that their median lands on the tile scores'
-    median and their threshold for `target_frr / 2` false rejects (`threshold_for_frr`)
-    on the tile scores' one: each branch then rejects about half the target of good
-    parts at the common threshold. Too few images to estimate a tail: the medians
-    alone are matched (gain 1)."""
+    global scores are scaled so that their threshold for `target_frr / 2` false rejects
+    (`threshold_for_frr`) lands on the tile scores' one: each branch then rejects about
+    half the target of good parts at the common threshold. A gain, not an affine map,
+    so the branch's map (zero where nothing is wrong) scales with its score. Too few
+    images to estimate a tail: the medians are matched instead."""
     t = _scores(tile_scores, "tile scores", "good")
     g = _scores(global_scores, "global scores", "good")
     if t.size != g.size:
         raise CalibrationError(f"{t.size} tile scores but {g.size} global scores: one of each per good image")
     half = target_frr / 2
-    mt, mg = float(np.median(t)), float(np.median(g))
     try:
         tt = threshold_for_frr(t, target_frr=half).threshold
         tg = threshold_for_frr(g, target_frr=half).threshold
+        method = "tail on tail"
     except CalibrationError:
-        return BranchAlignment(mt - mg, 1.0, mt, mg, half, "medians (too few images for a tail)")
-    if tt - mt <= 1e-9 or tg - mg <= 1e-9:
-        return BranchAlignment(mt - mg, 1.0, tt, tg, half, "medians (a tail without spread)")
-    gain = (tt - mt) / (tg - mg)
-    return BranchAlignment(mt - gain * mg, gain, tt, tg, half, "median and tail")
+        tt, tg = float(np.median(t)), float(np.median(g))
+        method = "medians (too few images for a tail)"
+    if tt <= 0 or tg <= 0:
+        return BranchAlignment(1.0, tt, tg, half, "none (a tail at or below zero)")
+    return BranchAlignment(tt / tg, tt, tg, half, method)
 
 
-Parts = tuple[float, float, float]  # one image: (fused map maximum, tile score, global score or -inf)
+Parts = tuple[float, float]  # one image: (tile score, global branch's max of score and map, or -inf)
 
 
 def align_parts(good: list[Parts], *, target_frr: float) -> BranchAlignment | None:
     """`align_branches` on the good images' parts; None without a global branch (all -inf)."""
-    if not good or not all(math.isfinite(g) for _, _, g in good):
+    if not good or not all(math.isfinite(g) for _, g in good):
         return None
-    return align_branches([t for _, t, _ in good], [g for _, _, g in good], target_frr=target_frr)
+    return align_branches([t for t, _ in good], [g for _, g in good], target_frr=target_frr)
 
 
 def fuse(parts: list[Parts], alignment: BranchAlignment | None) -> np.ndarray:
-    """Image scores as the inspector computes them with `alignment`: max(map maximum, aligned global)."""
-    maps = np.array([m for m, _, _ in parts], dtype=np.float64)
+    """Image scores as the inspector computes them with `alignment`: max(tile, gain * global)."""
+    tiles = np.array([t for t, _ in parts], dtype=np.float64)
     if alignment is None:
-        return maps
-    return np.maximum(maps, alignment.apply([g for _, _, g in parts]))
+        return tiles
+    return np.maximum(tiles, alignment.apply([g for _, g in parts]))
+
+
+class PixelSamples:
+    """Pixel samples (`sample_map_pixels`) of images whose map may have two branches,
+    kept apart so that they can be fused with a gain chosen after all images are seen."""
+
+    def __init__(self) -> None:
+        self._tile: list[np.ndarray] = []
+        self._global: list[np.ndarray | None] = []
+        self._labels: list[np.ndarray | None] = []
+
+    def add(
+        self,
+        anomaly_map: np.ndarray,
+        branch_maps: tuple[np.ndarray, np.ndarray] | None,
+        mask: np.ndarray | None = None,
+    ) -> None:
+        if branch_maps is None:
+            values, labels = sample_map_pixels(anomaly_map, mask)
+            self._tile.append(values)
+            self._global.append(None)
+        else:
+            values, labels = sample_map_pixels(branch_maps[0], mask)
+            self._tile.append(values)
+            self._global.append(sample_map_pixels(branch_maps[1])[0])
+        self._labels.append(labels)
+
+    def values(self, alignment: BranchAlignment | None) -> list[np.ndarray]:
+        """Per image, the fused map's sampled values with the alignment's gain."""
+        gain = alignment.gain if alignment is not None else 1.0
+        return [
+            t if g is None else np.maximum(t, gain * g) for t, g in zip(self._tile, self._global, strict=True)
+        ]
+
+    def labels(self) -> list[np.ndarray]:
+        return [lab for lab in self._labels if lab is not None]
 
 
 def threshold_f1(

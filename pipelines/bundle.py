@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from drivers.settings import Settings
 from pipelines.errors import BundleError
@@ -63,21 +63,15 @@ class Calibration(Settings):
         description="blobs smaller than this do not make a part NG (mm^2; needs the line's pixel scale; "
         "with min_defect_area_px too, the larger of the two applies)",
     )
-    global_affine: tuple[float, float] = Field(
-        default=(0.0, 1.0),
-        description="offset and gain applied to the whole-image branch's score (BVPN's logical module) "
-        "before it is fused with the tile map's: `aoi calibrate` sets them so that on the good images both "
-        "branches reach their own tail quantile at the same score (dimensionless; identity: 0, 1)",
+    global_gain: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="factor on the whole-image branch's score and map (BVPN's logical module) before they "
+        "are fused with the tile map's: `aoi calibrate` sets it so that on the good images both branches "
+        "reach their own tail quantile at the same score (dimensionless; 1 leaves the branch as trained)",
     )
     method: str = Field(default="uncalibrated", description="how the thresholds were set")
     details: dict[str, Any] = Field(default_factory=dict, description="the data the thresholds came from")
-
-    @field_validator("global_affine")
-    @classmethod
-    def _positive_gain(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not (np.isfinite(v[0]) and np.isfinite(v[1]) and v[1] > 0):
-            raise ValueError(f"offset must be finite and gain a positive number, got {list(v)}")
-        return v
 
 
 class BundleMeta(Settings):

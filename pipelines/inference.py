@@ -56,11 +56,18 @@ class Analysis:
     tile_score: float
     global_score: float | None
 
-    def fusion_parts(self) -> tuple[float, float, float]:
-        """(fused map maximum, tile score, global score or -inf): what calibration re-fuses
-        (`calibration.threshold.fuse`) with another alignment of the global score."""
-        g = self.global_score if self.global_score is not None else float("-inf")
-        return float(self.anomaly_map.max()), float(self.tile_score), float(g)
+    global_map_max: float | None = None
+    # (tile map, global map) before fusion, only when the analyser keeps them (calibration)
+    branch_maps: tuple[np.ndarray, np.ndarray] | None = None
+
+    def fusion_parts(self) -> tuple[float, float]:
+        """(tile score, the global branch's larger of score and map maximum, or -inf): the image
+        score is max(tile, gain * global), what calibration re-fuses (`calibration.threshold.fuse`)
+        with another gain."""
+        if self.global_score is None:
+            return float(self.tile_score), float("-inf")
+        g = self.global_score if self.global_map_max is None else max(self.global_score, self.global_map_max)
+        return float(self.tile_score), float(g)
 
 
 @functools.lru_cache(maxsize=16)
@@ -83,11 +90,11 @@ class TiledAnalyser:
         margin_px: int = 0,
         mode: str = "tiles",
         whole_bytes_per_px: float | None = None,
-        global_affine: tuple[float, float] = (0.0, 1.0),
+        global_gain: float = 1.0,
     ) -> None:
         """`whole_bytes_per_px`: activation memory of the network per input pixel
         (bytes), which "auto" needs; without it "auto" stays with tiles.
-        `global_affine`: (offset, gain) for the global branch's score (the calibration's)."""
+        `global_gain`: factor on the global branch's score and map (the calibration's)."""
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
         self.mode = mode
@@ -99,7 +106,8 @@ class TiledAnalyser:
         self.batch_size = batch_size
         self.input_scale = np.float32(input_scale)
         self.global_branch = global_branch
-        self.global_affine = global_affine
+        self.global_gain = global_gain
+        self.keep_branch_maps = False  # calibration sets it: Analysis.branch_maps
 
     def plan(self, height_px: int, width_px: int) -> TilePlan:
         return _plan(height_px, width_px, self.tile_px, self.overlap_px)
@@ -171,10 +179,13 @@ class TiledAnalyser:
         if self.global_branch is None:
             return Analysis(tile_score, tile, tile_score, None)
         g = self.global_branch(rgb)
-        fused = np.maximum(tile, g.anomaly_map)
-        offset, gain = self.global_affine
-        global_score = offset + gain * g.score
-        return Analysis(max(float(fused.max()), global_score), fused, tile_score, global_score)
+        gain = self.global_gain
+        global_map = g.anomaly_map * np.float32(gain) if gain != 1.0 else g.anomaly_map
+        global_score = gain * g.score
+        fused = np.maximum(tile, global_map)
+        score = max(float(fused.max()), global_score)
+        kept = (tile, global_map) if self.keep_branch_maps else None
+        return Analysis(score, fused, tile_score, global_score, float(global_map.max()), kept)
 
 
 def torch_infer(net: Any) -> InferFn:

@@ -107,7 +107,7 @@ class Inspector:
             margin_px=bundle.meta.tiles.margin_px,
             mode=mode,
             whole_bytes_per_px=activation_bytes_per_px(bundle) if mode == "auto" else None,
-            global_affine=bundle.meta.calibration.global_affine,
+            global_gain=bundle.meta.calibration.global_gain,
         )
         self.mm_per_px: float | None = None
 
@@ -133,7 +133,7 @@ class Inspector:
         if masked is a.anomaly_map:
             return a, ""
         score = float(masked.max()) if a.global_score is None else max(float(masked.max()), a.global_score)
-        return Analysis(score, masked, a.tile_score, a.global_score), ""
+        return Analysis(score, masked, a.tile_score, a.global_score, a.global_map_max), ""
 
     def inspect(self, frame: Frame) -> Verdict:
         """The verdict for one frame (the deadline is enforced by the line's worker).

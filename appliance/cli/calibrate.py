@@ -86,11 +86,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run_threshold(args: argparse.Namespace) -> int:
     from calibration.threshold import (
         Parts,
+        PixelSamples,
         align_parts,
         fuse,
         pixel_threshold_f1,
         pixel_threshold_for_fpr,
-        sample_map_pixels,
         threshold_cost,
         threshold_f1,
         threshold_for_frr,
@@ -130,25 +130,24 @@ def run_threshold(args: argparse.Namespace) -> int:
             mask_paths = [_mask_for(masks_dir, path) for path in bad_paths]
     progress = not args.no_progress
     # A whole-image branch (BVPN's logical module) is measured unaligned, then aligned with the
-    # tile map's tail on these good images (`align_branches`); the image scores are re-fused with
-    # that alignment, exactly as the inspector will: max(map maximum, offset + gain * global).
-    inspector.analyser.global_affine = (0.0, 1.0)
+    # tile map's tail on these good images (`align_branches`); image scores and sampled map pixels
+    # are re-fused with that gain, exactly as the inspector will: max(tile, gain * global).
+    inspector.analyser.global_gain = 1.0
+    inspector.analyser.keep_branch_maps = True
     good_parts: list[Parts] = []
-    good_pixels = []
+    good_pixels = PixelSamples()
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
         good_parts.append(a.fusion_parts())
-        good_pixels.append(sample_map_pixels(a.anomaly_map)[0])
+        good_pixels.add(a.anomaly_map, a.branch_maps)
     alignment = align_parts(good_parts, target_frr=args.target_frr)
     good = fuse(good_parts, alignment)
+    bad_pixels = PixelSamples()
     if args.bad:
         bad_parts: list[Parts] = []
-        pixel_values, pixel_labels = [], []
         for i, (_, a) in enumerate(analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")):
             bad_parts.append(a.fusion_parts())
             if mask_paths:
-                values, labels = sample_map_pixels(a.anomaly_map, _read_mask(mask_paths[i]))
-                pixel_values.append(values)
-                pixel_labels.append(labels)
+                bad_pixels.add(a.anomaly_map, a.branch_maps, _read_mask(mask_paths[i]))
         bad = fuse(bad_parts, alignment)
         if args.cost:
             try:
@@ -162,13 +161,14 @@ def run_threshold(args: argparse.Namespace) -> int:
             result = threshold_f1(good, bad, confidence=args.confidence)
     else:
         result = threshold_for_frr(good, target_frr=args.target_frr, confidence=args.confidence)
+    good_values = good_pixels.values(alignment)
     if mask_paths:
-        values = np.concatenate([*good_pixels, *pixel_values])
-        labels = np.concatenate([np.zeros(sum(v.size for v in good_pixels), bool), *pixel_labels])
+        values = np.concatenate([*good_values, *bad_pixels.values(alignment)])
+        labels = np.concatenate([np.zeros(sum(v.size for v in good_values), bool), *bad_pixels.labels()])
         pixel, pixel_f1 = pixel_threshold_f1(values, labels)
         pixel_how = {"pixel_method": "pixel_f1", "pixel_f1": pixel_f1}
     else:
-        pixel = pixel_threshold_for_fpr(np.concatenate(good_pixels), target_fpr=args.pixel_fpr)
+        pixel = pixel_threshold_for_fpr(np.concatenate(good_values), target_fpr=args.pixel_fpr)
         pixel_how = {"pixel_method": "pixel_fpr", "pixel_fpr": args.pixel_fpr}
     pixel_how["pixel_capped_at_image_threshold"] = bool(pixel > result.threshold)
     pixel = min(pixel, float(result.threshold))
@@ -182,7 +182,7 @@ def run_threshold(args: argparse.Namespace) -> int:
         min_defect_area_mm2=args.min_defect_area_mm2
         if args.min_defect_area_mm2 is not None
         else old.min_defect_area_mm2,
-        global_affine=(alignment.offset, alignment.gain) if alignment is not None else (0.0, 1.0),
+        global_gain=alignment.gain if alignment is not None else 1.0,
         method=result.method,
         details={
             **result.to_dict(),
@@ -203,7 +203,7 @@ def run_threshold(args: argparse.Namespace) -> int:
             **pixel_how,
             "min_defect_area_px": calibration.min_defect_area_px,
             "min_defect_area_mm2": calibration.min_defect_area_mm2,
-            "global_affine": list(calibration.global_affine),
+            "global_gain": calibration.global_gain,
         }
     )
     return 0

@@ -53,7 +53,7 @@ TARGET_FRR = 0.01
 MIN_RATE_HZ, MAX_RATE_HZ = 2.0, 20.0  # parts per second the demo line runs at
 REJECT_COIL = 0
 DEVICE_ID = 1
-_CALIBRATION_METHOD = "demo: fresh good parts, target_frr 1%, branches aligned"
+_CALIBRATION_METHOD = "demo: fresh good parts, target_frr 1%, branch gain"
 
 
 def _cache_dir() -> Path:
@@ -130,7 +130,7 @@ def _calibrate(bundle_dir: Path, *, progress: bool) -> dict[str, Any]:
 
     bundle = load_bundle(bundle_dir)
     inspector = Inspector(bundle)
-    inspector.analyser.global_affine = (0.0, 1.0)  # measured unaligned, aligned below (as aoi calibrate)
+    inspector.analyser.global_gain = 1.0  # measured unaligned, aligned below (as aoi calibrate)
     scene = SceneRenderer(product=PRODUCT, width_px=SIZE_PX, height_px=SIZE_PX, seed=SEED)
     parts = [
         inspector.analyse(scene.render(CALIBRATION_BASE + i).image).fusion_parts()
@@ -144,7 +144,7 @@ def _calibrate(bundle_dir: Path, *, progress: bool) -> dict[str, Any]:
         calibration=Calibration(
             image_threshold=result.threshold,
             pixel_threshold=result.threshold,
-            global_affine=(alignment.offset, alignment.gain) if alignment is not None else (0.0, 1.0),
+            global_gain=alignment.gain if alignment is not None else 1.0,
             method=_CALIBRATION_METHOD,
             details={**result.to_dict(), "branch_alignment": alignment.to_dict() if alignment else None},
         ),

@@ -11,7 +11,9 @@ from scipy import stats
 
 from calibration.errors import CalibrationError
 from calibration.threshold import (
+    BranchAlignment,
     FrrMethod,
+    PixelSamples,
     ThresholdResult,
     align_branches,
     align_parts,
@@ -266,13 +268,12 @@ def test_branch_alignment_puts_both_good_tails_at_one_threshold() -> None:
     n, target = 4000, 0.02
     tile = rng.normal(1.0, 0.05, n)
     glob = rng.exponential(1.0, n) + 0.3
-    unaligned = np.maximum(tile, glob)
-    t0 = threshold_for_frr(unaligned, target_frr=target).threshold
+    t0 = threshold_for_frr(np.maximum(tile, glob), target_frr=target).threshold
     assert np.mean(tile >= t0) == 0.0  # the tile branch could as well not exist
     a = align_branches(tile, glob, target_frr=target)
-    assert a.method == "median and tail" and a.gain > 0
-    aligned = fuse([(float(t), float(t), float(g)) for t, g in zip(tile, glob, strict=True)], a)
-    assert np.median(a.apply(glob)) == pytest.approx(np.median(tile), abs=1e-9)
+    assert a.method == "tail on tail" and a.gain > 0
+    aligned = fuse([(float(t), float(g)) for t, g in zip(tile, glob, strict=True)], a)
+    assert aligned == pytest.approx(np.maximum(tile, a.gain * glob))
     thr = threshold_for_frr(aligned, target_frr=target).threshold
     by_tile, by_global = np.mean(tile >= thr), np.mean(a.apply(glob) >= thr)
     assert 0.006 <= by_tile <= 0.014 and 0.006 <= by_global <= 0.014, (by_tile, by_global)
@@ -280,8 +281,24 @@ def test_branch_alignment_puts_both_good_tails_at_one_threshold() -> None:
 
 def test_branch_alignment_falls_back_to_medians_and_skips_single_branch_models() -> None:
     a = align_branches([1.0, 1.1, 1.2], [3.0, 4.0, 9.0], target_frr=0.01)
-    assert a.gain == 1.0 and a.offset == pytest.approx(1.1 - 4.0) and a.method.startswith("medians")
-    assert align_parts([(1.0, 1.0, float("-inf"))] * 30, target_frr=0.01) is None
-    assert fuse([(1.5, 1.0, float("-inf"))], None).tolist() == [1.5]
+    assert a.gain == pytest.approx(1.1 / 4.0) and a.method.startswith("medians")
+    assert align_branches([1.0] * 30, [-1.0] * 30, target_frr=0.1).gain == 1.0
+    assert align_parts([(1.0, float("-inf"))] * 30, target_frr=0.01) is None
+    assert fuse([(1.5, float("-inf"))], None).tolist() == [1.5]
     with pytest.raises(CalibrationError, match="one of each"):
         align_branches([1.0, 2.0], [1.0], target_frr=0.01)
+
+
+def test_pixel_samples_fuse_the_branches_with_the_chosen_gain() -> None:
+    tile = np.zeros((8, 8), np.float32)
+    tile[1, 1] = 2.0
+    glob = np.zeros((8, 8), np.float32)
+    glob[4, 4] = 4.0
+    samples = PixelSamples()
+    samples.add(np.maximum(tile, glob), (tile, glob), mask=glob > 0)
+    samples.add(tile, None)
+    a = BranchAlignment(0.25, 1.0, 4.0, 0.01, "tail on tail")
+    fused, single = samples.values(a)
+    assert sorted(fused[fused > 0].tolist()) == [1.0, 2.0] and single.max() == 2.0
+    assert samples.values(None)[0].max() == 4.0
+    assert [lab.sum() for lab in samples.labels()] == [1]
