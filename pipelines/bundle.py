@@ -211,7 +211,10 @@ def write_bundle(
     overwrite: bool = False,
 ) -> Path:
     """Write a bundle atomically. `tensors=None` keeps the weights of the existing
-    bundle at `out` (used by calibration, which only changes the metadata)."""
+    bundle at `out` and everything beside them (exported graphs, engines): used by
+    calibration and export, which only change the metadata. With new `tensors` (a
+    training over an existing bundle), nothing of the old bundle is kept: graphs and
+    engines built from the old weights would only be stale files."""
     dest = Path(out)
     if dest.exists() and not overwrite:
         raise BundleError(f"{dest} exists: choose another --out or pass --overwrite")
@@ -222,7 +225,7 @@ def write_bundle(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
-        _write_dir(tmp, meta, tensors, dest if dest.exists() else None)
+        _write_dir(tmp, meta, tensors, dest if dest.exists() and tensors is None else None)
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             old.rmdir()

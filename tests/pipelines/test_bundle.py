@@ -44,6 +44,18 @@ def test_existing_bundle_is_not_replaced_without_overwrite(tmp_path: Path) -> No
         write_bundle(tmp_path / "b", _meta(), {"x": np.zeros(3, np.float32)})
 
 
+def test_metadata_updates_keep_exports_and_retraining_drops_them(tmp_path: Path) -> None:
+    b = write_bundle(tmp_path / "b", _meta(), {"x": np.zeros(3, np.float32)})
+    (b / "model.onnx").write_bytes(b"graph of the first weights")
+    (b / "engines").mkdir()
+    (b / "engines" / "gpu.plan").write_bytes(b"engine")
+    update_meta(load_bundle(b), params={"a": 2})  # calibration, export: metadata only
+    assert (b / "model.onnx").is_file() and (b / "engines" / "gpu.plan").is_file()
+    write_bundle(b, _meta(), {"x": np.ones(3, np.float32)}, overwrite=True)  # a new training
+    assert sorted(p.name for p in b.iterdir()) == ["bundle.yaml", "weights.safetensors"]
+    assert load_bundle(b).tensors["x"].tolist() == [1.0, 1.0, 1.0]
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
