@@ -66,13 +66,14 @@ def test_onnxruntime_without_export_names_the_command(plain: Path) -> None:
 
 
 def test_stale_export_is_refused(exported: Bundle, tmp_path: Path) -> None:
-    """A bundle retrained over an exported one keeps model.onnx: its weights no longer match."""
+    """An old model.onnx put back beside retrained weights (by hand, from a backup) is refused."""
     dest = tmp_path / "b"
     shutil.copytree(exported.path, dest)
     b = load_bundle(dest)
     tensors = dict(b.tensors)
     tensors["net.bank"] = tensors["net.bank"] + 1.0
     write_bundle(dest, b.meta, tensors, overwrite=True)
+    shutil.copy2(exported.path / "model.onnx", dest / "model.onnx")
     with pytest.raises(BundleError, match=r"does not match the bundle's weights.*aoi export"):
         create_backend("onnxruntime", load_bundle(dest))
     assert choose_auto(load_bundle(dest)).name == "torch"
