@@ -41,7 +41,7 @@ def _net(**kw: object) -> NDPNet:
     return net.eval()
 
 
-@pytest.mark.parametrize("segmentation", ["msdsm", "pixel"])
+@pytest.mark.parametrize("segmentation", ["msdsm", "pixel", "msdsm+pixel"])
 @pytest.mark.parametrize("rbam", [True, False])
 def test_shapes_for_tiles_and_non_square_frames(segmentation: str, rbam: bool) -> None:
     net = _net(segmentation=segmentation, rbam=rbam)
@@ -50,6 +50,31 @@ def test_shapes_for_tiles_and_non_square_frames(segmentation: str, rbam: bool) -
             out = net(torch.rand(shape))
             assert out.shape == (shape[0], 1, *shape[2:])
             assert torch.isfinite(out).all()
+
+
+def test_msdsm_plus_pixel_is_the_sum_of_the_two_maps_on_their_own_scales() -> None:
+    """The same weights in the three modes: msdsm+pixel = norm(MSDSM map) + norm_pixel(pixel map)."""
+    torch.manual_seed(0)
+    both = _net(segmentation="msdsm+pixel")
+    both.norm.q.copy_(torch.tensor([0.1, 0.6]))
+    assert both.norm_pixel is not None
+    both.norm_pixel.q.copy_(torch.tensor([0.01, 0.05]))
+    seg, pix = _net(segmentation="msdsm"), _net(segmentation="pixel")
+    state = both.state_dict()
+    seg.load_state_dict({k: v for k, v in state.items() if not k.startswith("norm_pixel.")})
+    pix.load_state_dict(
+        {
+            **{k: v for k, v in state.items() if not k.startswith(("msdsm.", "norm"))},
+            "norm.q": state["norm_pixel.q"],
+        }
+    )
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        raw = both.raw_map(x)
+        assert raw.shape == (2, 2, 64, 96)
+        torch.testing.assert_close(both(x), seg(x) + pix(x))
+        # each channel is filtered on its own: the median of the pair is not mixed across maps
+        torch.testing.assert_close(raw[:, 1:2], pix.raw_map(x))
 
 
 @pytest.mark.parametrize("k", [2, 4])

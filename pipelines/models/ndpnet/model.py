@@ -16,6 +16,12 @@ this file. One tile goes through:
    map = 0.2*AM1 + 0.2*up(AM2) + 0.6*up(AM3), 5x5 mean and 5x5 median filters;
 5. quantile normalisation with held-out good tiles (`QuantileNorm`).
 
+`segmentation` picks the map: "msdsm" (the paper), "pixel" (Table VI's
+ablation: the squared pixel difference of input and reconstruction, filtered
+the same way) or "msdsm+pixel" (both, each on its own held-out scale, summed:
+the segmentation heads find the defects the artificial ones taught them, the
+pixel difference whatever the reconstruction could not repair).
+
 Every step is written with ONNX-exportable operators (the RBFRM as a strided
 convolution and its transpose, the median as TopK over 25 shifted copies) so
 the exported graph gives the torch numbers for tiles and whole frames alike.
@@ -39,7 +45,7 @@ WIDTH_FACTORS = (1, 2, 3, 4, 6)  # stage channels = width * factor
 RBAM_STAGES = (2, 3, 4)  # the three deepest stages (0-based)
 SEG_STAGES = (0, 1, 2)  # MSDSM: the first three stages
 FUSION_WEIGHTS = (0.2, 0.2, 0.6)  # AM1, AM2, AM3
-SEGMENTATIONS = ("msdsm", "pixel")
+SEGMENTATIONS = ("msdsm", "pixel", "msdsm+pixel")
 
 
 def stage_channels(width: int) -> tuple[int, ...]:
@@ -247,6 +253,8 @@ class MedianFilter(nn.Module):
         self.k = k
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
+        if m.shape[1] > 1:  # each channel on its own
+            return torch.cat([self(m[:, c : c + 1]) for c in range(m.shape[1])], 1)
         n = self.k * self.k
         top = torch.topk(_shifted(m, self.k), n // 2 + 1, dim=1).values
         return top[:, n // 2 : n // 2 + 1]
@@ -284,10 +292,12 @@ class NDPNet(nn.Module):
                 n2, n4 = (-(-side // 2)) ** 2, (-(-side // 4)) ** 2
                 self.rbam.append(RBAM(chans[i], n2, n4, tau=rbam_tau, fusion_channels=fusion_channels))
         self.decoder = Decoder(width)
-        self.msdsm = MSDSM(width) if segmentation == "msdsm" else None
+        self.msdsm = MSDSM(width) if segmentation != "pixel" else None
         self.mean_filter = MeanFilter(filter_px)
         self.median_filter = MedianFilter(filter_px)
         self.norm = QuantileNorm()
+        # "msdsm+pixel": the pixel difference's own scale (the MSDSM map's is `norm`).
+        self.norm_pixel = QuantileNorm() if segmentation == "msdsm+pixel" else None
         self.register_buffer("ref_image", torch.zeros(1, 3, tile_px, tile_px))
 
     def set_reference(self, ref_image: torch.Tensor) -> None:
@@ -325,16 +335,22 @@ class NDPNet(nn.Module):
         return self.msdsm([feats[i] for i in SEG_STAGES], fr)
 
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, t, t) filtered map before the quantile normalisation."""
+        """(B, C, t, t) filtered maps before the quantile normalisation: C = 1, or 2 for
+        "msdsm+pixel" (the MSDSM map, then the pixel difference)."""
         feats, _, rec = self.reconstruct(x)
+        maps = []
         if self.msdsm is not None:
-            m = upsample_to(fuse_maps(self.seg_logits(feats, rec)), x)
-        else:
-            m = ((x - rec) ** 2).mean(1, keepdim=True)
+            maps.append(upsample_to(fuse_maps(self.seg_logits(feats, rec)), x))
+        if self.segmentation != "msdsm":
+            maps.append(((x - rec) ** 2).mean(1, keepdim=True))
+        m = maps[0] if len(maps) == 1 else torch.cat(maps, 1)
         return self.median_filter(self.mean_filter(m))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.raw_map(x))
+        m = self.raw_map(x)
+        if self.norm_pixel is None:
+            return self.norm(m)
+        return self.norm(m[:, 0:1]) + self.norm_pixel(m[:, 1:2])
 
 
 def net_from_params(params: dict[str, Any], *, tile_px: int) -> NDPNet:

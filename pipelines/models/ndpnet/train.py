@@ -123,8 +123,9 @@ def check_settings(settings: dict[str, Any]) -> None:
         )
     if settings["segmentation"] not in SEGMENTATIONS:
         raise ModelError(
-            f"ndpnet setting segmentation={settings['segmentation']!r}: use msdsm (the paper) "
-            "or pixel (the ablation: squared pixel difference of input and reconstruction)"
+            f"ndpnet setting segmentation={settings['segmentation']!r}: use msdsm (the paper), "
+            "pixel (the ablation: squared pixel difference of input and reconstruction) "
+            "or msdsm+pixel (both, each on its held-out scale, summed)"
         )
     sources = tuple(s.strip() for s in str(settings["anomaly_sources"]).split(",") if s.strip())
     if not sources or any(s not in SOURCES for s in sources):
@@ -348,6 +349,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
 
     q = holdout_quantiles(net.raw_map, held, tile_px=tile_px)
     net.norm.q.copy_(torch.from_numpy(q[0]))
+    if net.norm_pixel is not None:
+        net.norm_pixel.q.copy_(torch.from_numpy(q[1]))
     calibration = first_calibration(net, None, held, tile_px=tile_px)
     return Fitted(
         params=params,
