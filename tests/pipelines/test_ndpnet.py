@@ -183,7 +183,8 @@ def bundle(paper: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 def test_bundle_holds_the_reference_and_separates_an_obvious_defect(bundle: Bundle, paper: Path) -> None:
     meta = bundle.meta
     assert meta.family == "ndpnet"
-    assert meta.params["rbam"] is True and meta.params["segmentation"] == "msdsm"
+    assert meta.params["rbam"] is True and meta.params["segmentation"] == "msdsm+pixel"  # the fast profile
+    assert len(meta.training["map_quantiles"]) == 2  # both maps have their held-out scale
     assert meta.training["reference"]["method"] == "medoid"
     ref = bundle.tensors["net.ref_image"]
     assert ref.shape == (1, 3, 64, 64) and ref.std() > 0  # a real training tile, not zeros

@@ -55,7 +55,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "width": 16,
         "fusion_channels": 64,
         "rbam": "on",
-        "segmentation": "msdsm",
+        "segmentation": "msdsm+pixel",  # the paper's MSDSM plus the pixel difference (README)
         "rbam_tau": 0.05,
         "crop_px": 128,
         "batch": 8,
