@@ -121,9 +121,9 @@ def frame_gflops(bundle: Bundle, *, tiles: int, whole_hw: tuple[int, int] | None
         per_tile = rec.get("tile_gflops")
         return None if per_tile is None or whole_hw else float(per_tile) * tiles
     if whole_hw is not None:
-        flops, _ = network_costs(net, (1, 3, *whole_hw))
+        flops, _ = network_costs(net, (1, bundle.meta.input_channels, *whole_hw))
         return flops / 1e9
-    flops, _ = network_costs(net, (1, 3, t, t))
+    flops, _ = network_costs(net, (1, bundle.meta.input_channels, t, t))
     return flops / 1e9 * tiles
 
 
@@ -158,7 +158,8 @@ def module_profile(
         so.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(str(onnx_path(bundle)), so, providers=["CPUExecutionProvider"])
         t = bundle.meta.tiles.tile_px
-        x = np.random.default_rng(0).random((batch_size, 3, t, t), dtype=np.float32)
+        c = bundle.meta.input_channels
+        x = np.random.default_rng(0).random((batch_size, c, t, t), dtype=np.float32)
         session.run([OUTPUT_NAME], {INPUT_NAME: x})  # warm-up, profiled too: dropped below
         for _ in range(repeats):
             session.run([OUTPUT_NAME], {INPUT_NAME: x})

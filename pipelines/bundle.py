@@ -4,7 +4,8 @@ A bundle is a directory:
 - `bundle.yaml`: family and version, tile geometry, model parameters,
   calibration (score statistics of good images, thresholds), fingerprint of
   the training data, creation time, library versions;
-- `weights.safetensors`: every tensor the model needs (backbone included);
+- `weights.safetensors`: every tensor the model needs (backbone included; a
+  golden-reference model also its reference frame, `reference_frame`);
 - later `model.onnx` and `engines/*.engine` (export).
 
 No pickle is ever loaded from a bundle. Writes are atomic: the bundle is
@@ -36,6 +37,8 @@ FORMAT = "aoi-bundle"
 FORMAT_VERSION = 1
 META_FILE = "bundle.yaml"
 WEIGHTS_FILE = "weights.safetensors"
+# A golden-reference model's reference frame (HxWx3 uint8 RGB), a tensor beside the weights.
+REFERENCE_FRAME_KEY = "reference_frame"
 
 
 class TileSpec(Settings):
@@ -81,7 +84,11 @@ class BundleMeta(Settings):
     family_version: int = Field(default=1, description="version of the family's architecture")
     created: str = Field(default="", description="creation time, ISO 8601 UTC")
     tiles: TileSpec = Field(default_factory=TileSpec, description="tile geometry")
-    input_channels: int = Field(default=3, description="channels the model takes (RGB)")
+    input_channels: int = Field(
+        default=3,
+        description="channels the model takes: 3 (RGB), or 6 (RGB, then the bundle's "
+        "reference_frame at the same place: a golden-reference model)",
+    )
     input_scale: float = Field(default=1 / 255, description="multiplier from uint8 pixels to [0, 1]")
     params: dict[str, Any] = Field(
         default_factory=dict, description="family-specific architecture parameters"

@@ -197,13 +197,14 @@ def ort_session(path: Path, *, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _probe_inputs(tile_px: int) -> list[np.ndarray]:
-    """A batch of tiles and one non-square, two-tile-wide image (checks the dynamic axes)."""
+def _probe_inputs(tile_px: int, channels: int = 3) -> list[np.ndarray]:
+    """A batch of tiles and one non-square, two-tile-wide image (checks the dynamic axes); a
+    golden-reference model (6 channels) runs tiles only, so it gets the batch of tiles only."""
     rng = np.random.default_rng(0)
-    return [
-        rng.random((2, 3, tile_px, tile_px), dtype=np.float32),
-        rng.random((1, 3, tile_px, 2 * tile_px), dtype=np.float32),
-    ]
+    probes = [rng.random((2, channels, tile_px, tile_px), dtype=np.float32)]
+    if channels == 3:
+        probes.append(rng.random((1, 3, tile_px, 2 * tile_px), dtype=np.float32))
+    return probes
 
 
 def _max_diff_torch_vs_ort(module: Any, path: Path, probes: list[np.ndarray]) -> float | None:
@@ -235,6 +236,11 @@ def export_onnx(
                 "int8 needs calibration images: pass --calib DIR (good images, e.g. the training "
                 "data's train/good)"
             )
+        if bundle.meta.input_channels != 3:
+            raise PipelineError(
+                "int8 calibration of a golden-reference model (tile and golden tile) is not "
+                "supported: export fp16 or fp32"
+            )
         return _export_int8(bundle, calib_dir=calib_dir)
     try:
         import torch
@@ -246,7 +252,8 @@ def export_onnx(
         raise PipelineError("exporting needs onnx: pip install '.[onnx]'") from exc
     net = _tile_net(bundle)
     t = bundle.meta.tiles.tile_px
-    flops, peak = network_costs(net, (1, 3, t, t))
+    c = bundle.meta.input_channels
+    flops, peak = network_costs(net, (1, c, t, t))
     module = net if precision == "fp32" else _half_wrapper(net)
     final = bundle.path / ONNX_FILES[precision]
     dyn = {0: "batch", 2: "height", 3: "width"}
@@ -256,7 +263,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (torch.from_numpy(_probe_inputs(t)[0]),),
+                (torch.from_numpy(_probe_inputs(t, c)[0]),),
                 str(tmp),
                 dynamo=False,
                 opset_version=opset,
@@ -267,7 +274,7 @@ def export_onnx(
             )
         onnx.checker.check_model(str(tmp))
         # fp16 is held to fp32 torch: its diff is the precision's own cost, recorded, not refused.
-        diff = _max_diff_torch_vs_ort(net, tmp, _probe_inputs(t))
+        diff = _max_diff_torch_vs_ort(net, tmp, _probe_inputs(t, c))
         if precision == "fp32" and diff is not None and diff > PARITY_ATOL:
             raise PipelineError(
                 f"the exported graph differs from torch by {diff:.2e} (> {PARITY_ATOL:g}) on the "
@@ -281,7 +288,7 @@ def export_onnx(
         "opset": opset,
         "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}",
         "onnx": onnx.__version__,
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, "height", "width"], "dtype": "float32"},
+        "input": {"name": INPUT_NAME, "shape": ["batch", c, "height", "width"], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", 1, "height", "width"], "dtype": "float32"},
         "parity_max_abs_vs_torch": diff,
         "tile_gflops": round(flops / 1e9, 4),

@@ -2,7 +2,8 @@
 
 `TiledAnalyser` is used by training (held-out statistics), `aoi predict`,
 `aoi eval`, `aoi calibrate` and the line's inspector alike, whatever the
-backend: the backend only maps a float batch (N, 3, t, t) to maps (N, 1, t, t).
+backend: the backend only maps a float batch (N, C, t, t) to maps (N, 1, t, t) (C = 3,
+or 6 for a golden-reference model: the tile and the golden tile).
 
 Modes: "tiles" (the default) cuts the frame into overlapping tiles and
 stitches; "whole" runs the fully-convolutional network once over the whole
@@ -14,6 +15,12 @@ reflect-padded on the bottom and right up to a multiple of 32 (the backbone's
 static padding is exact only there), and the map is cropped back. Inside the
 frame the two modes differ where a tile's own zero padding cut its receptive
 field short; `tests/pipelines/test_export_parity.py` measures how much.
+
+Golden-reference models (`reference_frame` given, the bundle's 6-channel input):
+every tile goes in with the reference frame's tile at the same place (cut from
+the reference padded exactly like the frame), so frames must have the reference
+frame's size (the golden template's alignment gives them that geometry), and
+they run in tiles only.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipelines.errors import DataError
 from pipelines.models.base import GlobalBranch
 from pipelines.tiling import TilePlan
 
@@ -91,12 +99,21 @@ class TiledAnalyser:
         mode: str = "tiles",
         whole_bytes_per_px: float | None = None,
         global_gain: float = 1.0,
+        reference_frame: np.ndarray | None = None,
     ) -> None:
         """`whole_bytes_per_px`: activation memory of the network per input pixel
         (bytes), which "auto" needs; without it "auto" stays with tiles.
-        `global_gain`: factor on the global branch's score and map (the calibration's)."""
+        `global_gain`: factor on the global branch's score and map (the calibration's).
+        `reference_frame`: HxWx3 uint8 golden frame of a golden-reference model."""
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
+        if reference_frame is not None and mode == "whole":
+            raise DataError(
+                "a golden-reference model runs in tiles only (its reference is cut per tile): "
+                "use inference mode tiles or auto"
+            )
+        self.reference_frame = reference_frame
+        self._reference_tiles: tuple[tuple[int, int], np.ndarray] | None = None
         self.mode = mode
         self.whole_bytes_per_px = whole_bytes_per_px
         self.infer = infer
@@ -124,6 +141,8 @@ class TiledAnalyser:
         """The mode ("tiles" or "whole") for a frame of this size; resolves "auto" by memory."""
         if self.mode != "auto":
             return self.mode
+        if self.reference_frame is not None:
+            return "tiles"
         free = available_memory_bytes()
         if self.whole_bytes_per_px is None or free is None:
             return "tiles"
@@ -151,6 +170,7 @@ class TiledAnalyser:
         peaks on good images."""
         h, w = rgb.shape[:2]
         m = self.margin_px
+        ref = self._padded_reference(h, w)
         if m:
             rgb = np.pad(rgb, ((m, m), (m, m), (0, 0)), mode="reflect")
         plan = self.plan(rgb.shape[0], rgb.shape[1])
@@ -159,16 +179,38 @@ class TiledAnalyser:
         positions = plan.positions()
         # Each tile is scaled straight from the frame into one reused float buffer (one pass, no
         # stack of all tiles): the backends copy their input, so the buffer is free after infer().
-        buf = np.empty((min(self.batch_size, len(positions)), 3, t, t), np.float32)
+        c = 3 if ref is None else 6
+        buf = np.empty((min(self.batch_size, len(positions)), c, t, t), np.float32)
         maps = np.empty((len(positions), t, t), np.float32)
         for start in range(0, len(positions), self.batch_size):
             chunk = positions[start : start + self.batch_size]
             x = buf[: len(chunk)]
             for k, (y, x0) in enumerate(chunk):
-                np.multiply(img[y : y + t, x0 : x0 + t].transpose(2, 0, 1), self.input_scale, out=x[k])
+                np.multiply(img[y : y + t, x0 : x0 + t].transpose(2, 0, 1), self.input_scale, out=x[k, :3])
+                if ref is not None:
+                    x[k, 3:] = ref[y : y + t, x0 : x0 + t].transpose(2, 0, 1)
             maps[start : start + len(chunk)] = np.asarray(self.infer(x), dtype=np.float32)[:, 0]
         stitched = plan.stitch(maps)
         return stitched[m : m + h, m : m + w] if m else stitched
+
+    def _padded_reference(self, h: int, w: int) -> np.ndarray | None:
+        """The reference frame padded as a frame of this size is, scaled to [0, 1] (cached)."""
+        if self.reference_frame is None:
+            return None
+        if self.reference_frame.shape[:2] != (h, w):
+            rh, rw = self.reference_frame.shape[:2]
+            raise DataError(
+                f"a {w}x{h} frame does not match the model's {rw}x{rh} golden reference frame: "
+                "align frames to the golden template (calibration template) or retrain"
+            )
+        if self._reference_tiles is None or self._reference_tiles[0] != (h, w):
+            m = self.margin_px
+            ref = self.reference_frame
+            if m:
+                ref = np.pad(ref, ((m, m), (m, m), (0, 0)), mode="reflect")
+            padded = self.plan(ref.shape[0], ref.shape[1]).padded(ref)
+            self._reference_tiles = ((h, w), padded.astype(np.float32) * self.input_scale)
+        return self._reference_tiles[1]
 
     def __call__(self, rgb: np.ndarray) -> Analysis:
         if self.mode_for(rgb.shape[0], rgb.shape[1]) == "whole":

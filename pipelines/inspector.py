@@ -15,7 +15,7 @@ import numpy as np
 from drivers.camera.base import Frame
 from drivers.verdict import Defect, Result, Verdict
 from pipelines.backends.registry import create_backend
-from pipelines.bundle import Bundle, Calibration
+from pipelines.bundle import REFERENCE_FRAME_KEY, Bundle, Calibration
 from pipelines.data import to_rgb8
 from pipelines.errors import ModelError
 from pipelines.export import activation_bytes_per_px
@@ -108,6 +108,7 @@ class Inspector:
             mode=mode,
             whole_bytes_per_px=activation_bytes_per_px(bundle) if mode == "auto" else None,
             global_gain=bundle.meta.calibration.global_gain,
+            reference_frame=bundle.tensors.get(REFERENCE_FRAME_KEY),
         )
         self.mm_per_px: float | None = None
 

@@ -43,6 +43,7 @@ class Fitted:
     params: dict[str, Any]
     tensors: dict[str, np.ndarray]
     info: dict[str, Any]
+    input_channels: int = 3  # 6: the tile and the reference frame's tile (tensor "reference_frame")
 
 
 def seed_everything(seed: int) -> None:
@@ -153,9 +154,18 @@ class CropSampler:
     (`with_margin`), so crops at the border look like inference's border tiles."""
 
     def __init__(
-        self, images: list[np.ndarray], *, crop_px: int, seed: int, margin_px: int = MARGIN_PX
+        self,
+        images: list[np.ndarray],
+        *,
+        crop_px: int,
+        seed: int,
+        margin_px: int = MARGIN_PX,
+        reference: np.ndarray | None = None,
     ) -> None:
+        """`reference`: a frame of the images' size (a golden frame) whose crop at the same place
+        follows each crop's channels (a golden-reference model's 6-channel input)."""
         self.images = [with_margin(img, margin_px) for img in images]
+        self.reference = None if reference is None else with_margin(reference, margin_px)
         self.crop_px = crop_px
         self.rng = np.random.default_rng(seed)
 
@@ -163,23 +173,29 @@ class CropSampler:
         return to_tensor(self.sample_uint8(n))
 
     def sample_uint8(self, n: int) -> np.ndarray:
-        """(n, crop, crop, 3) uint8 crops, as `sample` draws them."""
-        out = np.empty((n, self.crop_px, self.crop_px, 3), np.uint8)
+        """(n, crop, crop, 3) uint8 crops, as `sample` draws them; (n, crop, crop, 6) with a
+        reference: each crop, then the reference's crop at the same place."""
+        ref = self.reference
+        out = np.empty((n, self.crop_px, self.crop_px, 3 if ref is None else 6), np.uint8)
         c = self.crop_px
         for i in range(n):
             img = self.images[int(self.rng.integers(len(self.images)))]
             h, w = img.shape[:2]
             if h < c or w < c:
-                img = np.pad(img, ((0, max(0, c - h)), (0, max(0, c - w)), (0, 0)), mode="reflect")
+                pad = ((0, max(0, c - h)), (0, max(0, c - w)), (0, 0))
+                img = np.pad(img, pad, mode="reflect")
+                ref = None if ref is None else np.pad(ref, pad, mode="reflect")
                 h, w = img.shape[:2]
             y = int(self.rng.integers(h - c + 1))
             x = int(self.rng.integers(w - c + 1))
-            out[i] = img[y : y + c, x : x + c]
+            out[i, :, :, :3] = img[y : y + c, x : x + c]
+            if ref is not None:
+                out[i, :, :, 3:] = ref[y : y + c, x : x + c]
         return out
 
 
 def to_tensor(batch_hwc: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
     return torch.from_numpy(batch_hwc).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
@@ -274,6 +290,7 @@ def train_bundle(
         family_version=int(getattr(module, "FAMILY_VERSION", 1)),
         created=now_iso(),
         tiles=TileSpec(tile_px=tile_px, overlap_px=overlap_px),
+        input_channels=fitted.input_channels,
         params=fitted.params,
         calibration=Calibration.model_validate(fitted.info.pop("calibration")),
         data_fingerprint=fingerprint_files(paths),
@@ -346,10 +363,12 @@ def first_calibration(
     tile_px: int,
     overlap_px: int = 32,
     margin_px: int = 16,
+    reference_frame: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """A first threshold from the held-out good images, so a new bundle is usable at once.
 
-    `aoi calibrate` replaces it with one from more data."""
+    `aoi calibrate` replaces it with one from more data. `reference_frame`: the golden
+    frame of a golden-reference model."""
     from calibration.errors import CalibrationError
     from calibration.threshold import threshold_for_frr
     from pipelines.inference import TiledAnalyser, torch_infer
@@ -360,6 +379,7 @@ def first_calibration(
         overlap_px=overlap_px,
         global_branch=global_branch,
         margin_px=margin_px,
+        reference_frame=reference_frame,
     )
     scores = np.array([analyser(img).score for img in held])
     try:

@@ -228,8 +228,9 @@ class TensorRTBackend(Backend):
         _cuda(cudart.cudaSetDevice(device))
         self.batch_size = batch_size
         self.profiles = default_profiles(
-            tile_px=bundle.meta.tiles.tile_px, batch_size=batch_size, frames_hw=frames_hw
-        )
+            tile_px=bundle.meta.tiles.tile_px, batch_size=batch_size, frames_hw=frames_hw,
+            channels=bundle.meta.input_channels,
+        )  # fmt: skip
         self.stream = _cuda(cudart.cudaStreamCreate())
         self.buffers: dict[int, _Buffers] = {}
         self.context: Any = None
@@ -288,7 +289,7 @@ class TensorRTBackend(Backend):
             self.bundle.path,
         )
         # Existing profiles keep their indices and sizes, so their buffers stay.
-        self.profiles.append(ShapeProfile.for_frame(height_px=shape[2], width_px=shape[3]))
+        self.profiles.append(ShapeProfile.for_frame(height_px=shape[2], width_px=shape[3], channels=shape[1]))
         self._load()
         index = profile_for(self.profiles, shape)
         if index is None:

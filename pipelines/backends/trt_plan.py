@@ -40,7 +40,7 @@ def round_up(value: int, *, multiple: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ShapeProfile:
-    """One optimization profile of the input tensor `(N, 3, H, W)`."""
+    """One optimization profile of the input tensor `(N, C, H, W)`."""
 
     min_shape: Shape
     opt_shape: Shape
@@ -127,12 +127,12 @@ def profile_for(profiles: Sequence[ShapeProfile], shape: Sequence[int]) -> int |
 
 
 def default_profiles(
-    *, tile_px: int, batch_size: int, frames_hw: Iterable[tuple[int, int]] = ()
+    *, tile_px: int, batch_size: int, frames_hw: Iterable[tuple[int, int]] = (), channels: int = 3
 ) -> list[ShapeProfile]:
     """The tile profile first, then one per whole-frame size (deduplicated, in order)."""
-    out = [ShapeProfile.for_tiles(tile_px=tile_px, batch_size=batch_size)]
+    out = [ShapeProfile.for_tiles(tile_px=tile_px, batch_size=batch_size, channels=channels)]
     for h, w in frames_hw:
-        p = ShapeProfile.for_frame(height_px=h, width_px=w)
+        p = ShapeProfile.for_frame(height_px=h, width_px=w, channels=channels)
         if p not in out:
             out.append(p)
     return out

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.bundle import Bundle, load_bundle
+from pipelines.bundle import Bundle, load_bundle, write_bundle
 from pipelines.data import list_images, read_image
 from pipelines.datasets.synth import write_mvtec_dataset
-from pipelines.errors import ModelError
+from pipelines.errors import DataError, ModelError
 from pipelines.export import export_onnx
 from pipelines.inspector import Inspector
 from pipelines.models.ndpnet.defects import DefectMaker, perlin_mask, procedural_texture
@@ -75,6 +75,23 @@ def test_msdsm_plus_pixel_is_the_sum_of_the_two_maps_on_their_own_scales() -> No
         torch.testing.assert_close(both(x), seg(x) + pix(x))
         # each channel is filtered on its own: the median of the pair is not mixed across maps
         torch.testing.assert_close(raw[:, 1:2], pix.raw_map(x))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("side", [8, 6])
+def test_rbfrm_with_a_bank_per_sample_equals_the_stored_bank(k: int, side: int) -> None:
+    """Golden mode cuts each sample's bank in the graph; with the same reference for every sample
+    it must repair exactly as the stored bank does (partial last patches included)."""
+    torch.manual_seed(1)
+    m = RBFRM(5, k, (-(-side // k)) ** 2, 0.05)
+    ref = torch.randn(1, 5, side, side)
+    m.set_reference(ref)
+    f = torch.randn(3, 5, side, side)
+    torch.testing.assert_close(m(f, ref.expand(3, -1, -1, -1)), m(f), atol=1e-5, rtol=1e-5)
+    other = torch.randn(1, 5, side, side)  # and another sample's reference changes only that sample
+    out = m(f, torch.cat([ref, other, ref]))
+    torch.testing.assert_close(out[[0, 2]], m(f)[[0, 2]], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[1], m(f)[1], atol=1e-3)
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -263,6 +280,8 @@ def test_time_budget_trains_each_phase_for_its_share(paper: Path, tmp_path: Path
         ("rbam_tau", "0", "> 0"),
         ("budget", "hours", "use time"),
         ("phase1_share", "1.5", "fraction between 0 and 1"),
+        ("reference", "first", "use medoid"),
+        ("reference", "golden", "needs reference_frame=PATH"),
     ],
 )
 def test_bad_settings_raise_one_clear_error(
@@ -274,3 +293,70 @@ def test_bad_settings_raise_one_clear_error(
             tile_px=64, overlap_px=16, progress=False,
         )  # fmt: skip
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def prints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Inkjet prints: a layout, so the tile at each place has its own golden counterpart."""
+    root = tmp_path_factory.mktemp("ndp") / "print"
+    write_mvtec_dataset(
+        root, product="print", width_px=128, height_px=128, n_train=14, n_test_good=3,
+        n_test_per_defect=2, defects=["spot", "missing"], seed=3, progress=False,
+    )  # fmt: skip
+    return root
+
+
+def test_golden_reference_repairs_each_tile_from_the_golden_frame_at_its_place(
+    prints: Path, tmp_path: Path
+) -> None:
+    golden_path = list_images(prints / "train" / "good")[0]
+    out = train_bundle(
+        family="ndpnet", data=prints, out=tmp_path / "g",
+        overrides={**TINY, "phase1_epochs": 2.0, "phase2_epochs": 2.0, "reference": "golden",
+                   "reference_frame": str(golden_path)},
+        tile_px=64, overlap_px=16, progress=False,
+    )  # fmt: skip
+    b = load_bundle(out)
+    assert b.meta.input_channels == 6 and b.meta.params["reference"] == "golden"
+    assert b.meta.training["reference"]["method"] == "golden"
+    np.testing.assert_array_equal(b.tensors["reference_frame"], read_image(golden_path))
+    exported = export_onnx(b)
+    rec = exported.meta.exports["onnx"]
+    assert rec["parity_max_abs_vs_torch"] < 1e-4 and rec["input"]["shape"][1] == 6
+    images = [read_image(p) for p in list_images(prints / "test")][:3]
+    a = Inspector(exported, backend="torch", threads=1)
+    o = Inspector(exported, backend="onnxruntime", threads=1)
+    for img in images:
+        ra, ro = a.analyse(img), o.analyse(img)
+        assert float(np.abs(ra.anomaly_map - ro.anomaly_map).max()) <= 1e-4
+        assert abs(ra.score - ro.score) <= 1e-4
+    # The reference is used: the same frame judged against another golden frame gives another map.
+    flipped = {**b.tensors, "reference_frame": b.tensors["reference_frame"][::-1].copy()}
+    swapped = load_bundle(write_bundle(tmp_path / "swapped", b.meta, flipped))
+    after = Inspector(swapped, backend="torch", threads=1).analyse(images[0]).anomaly_map
+    assert float(np.abs(after - a.analyse(images[0]).anomaly_map).max()) > 1e-3
+    # Frames must have the golden frame's size; whole-frame mode cannot cut a reference per tile.
+    with pytest.raises(DataError, match=r"does not match the model's 128x128 golden reference frame"):
+        o.analyse(images[0][:96])
+    with pytest.raises(DataError, match="tiles only"):
+        Inspector(exported, backend="onnxruntime", mode="whole")
+
+
+def test_golden_reference_frame_must_exist_and_match_the_training_frames(
+    prints: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelError, match="no such file"):
+        train_bundle(
+            family="ndpnet", data=prints, out=tmp_path / "x",
+            overrides={**TINY, "reference": "golden", "reference_frame": str(tmp_path / "none.png")},
+            tile_px=64, overlap_px=16, progress=False,
+        )  # fmt: skip
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.zeros((96, 128, 3), np.uint8))
+    with pytest.raises(ModelError, match=r"is 128x96 but a training frame is 128x128"):
+        train_bundle(
+            family="ndpnet", data=prints, out=tmp_path / "y",
+            overrides={**TINY, "reference": "golden", "reference_frame": str(small)},
+            tile_px=64, overlap_px=16, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -16,6 +16,12 @@ this file. One tile goes through:
    map = 0.2*AM1 + 0.2*up(AM2) + 0.6*up(AM3), 5x5 mean and 5x5 median filters;
 5. quantile normalisation with held-out good tiles (`QuantileNorm`).
 
+`reference` picks where the RBFRM's reference comes from: "medoid" (the paper:
+one fixed defect-free tile, its patches stored as banks in the bundle) or
+"golden" (golden-template alignment: every tile is repaired from the golden
+frame's tile at the same place; the network's input then has 6 channels, the
+tile and its golden tile, and the RBFRM cuts the banks per sample in the graph).
+
 `segmentation` picks the map: "msdsm" (the paper), "pixel" (Table VI's
 ablation: the squared pixel difference of input and reconstruction, filtered
 the same way) or "msdsm+pixel" (both, each on its own held-out scale, summed:
@@ -134,10 +140,38 @@ class RBFRM(nn.Module):
         norms = (F.avg_pool2d(sq, k, stride=k) * float(k * k)).clamp_min(1e-12).sqrt()
         return torch.softmax(dots / norms * self.inv_tau, dim=1)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
+    def forward(self, f: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """`ref`: (B, C, h', w') features of a reference per sample (golden mode); None uses the
+        stored bank."""
+        if ref is not None:
+            return self.paired(f, ref)
         a = self.attention(f)
         out = F.conv_transpose2d(a, self.bank, stride=self.k)
         return out[:, :, : f.shape[2], : f.shape[3]]
+
+    def paired(self, f: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The same repair with each sample's own bank, cut from `ref` in the graph: patches as
+        rows (reshapes, which export to ONNX), cosine by batched matmul, softmax, weighted sum."""
+        k = self.k
+        p, hk, wk = _patch_rows(f, k)
+        r, _, _ = _patch_rows(ref, k)
+        r_unit = r / r.norm(dim=2, keepdim=True).clamp_min(1e-6)
+        dots = torch.bmm(p, r_unit.transpose(1, 2)) / p.norm(dim=2, keepdim=True).clamp_min(1e-6)
+        out = torch.bmm(torch.softmax(dots * self.inv_tau, dim=2), r)  # (B, L, C*k*k)
+        c = int(f.shape[1])
+        out = out.reshape(-1, hk, wk, c, k, k).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, hk * k, wk * k)
+        return out[:, :, : f.shape[2], : f.shape[3]]
+
+
+def _patch_rows(f: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
+    """(B, C, h, w) -> (B, ceil(h/k)*ceil(w/k), C*k*k) non-overlapping KxK patches as rows, zero-padded
+    on the bottom and right as `patch_bank` pads (and the same C, ky, kx order)."""
+    # Python ints, so an exported graph holds constants (golden mode runs fixed-size tiles only).
+    c, h, w = (int(v) for v in f.shape[1:])
+    hk, wk = -(-h // k), -(-w // k)
+    p = F.pad(f, (0, wk * k - w, 0, hk * k - h))
+    rows = p.reshape(-1, c, hk, k, wk, k).permute(0, 2, 4, 1, 3, 5).reshape(-1, hk * wk, c * k * k)
+    return rows, hk, wk
 
 
 class RBAM(nn.Module):
@@ -160,9 +194,9 @@ class RBAM(nn.Module):
         self.rbfrm2.set_reference(ref_features)
         self.rbfrm4.set_reference(ref_features)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        u2 = self.rbfrm2(f)
-        u4 = self.rbfrm4(f)
+    def forward(self, f: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        u2 = self.rbfrm2(f, ref)
+        u4 = self.rbfrm4(f, ref)
         a = torch.softmax(self.select(self.squeeze(f + u2 + u4)), dim=1)
         return a[:, 0:1] * f + a[:, 1:2] * u2 + a[:, 2:3] * u4
 
@@ -260,8 +294,12 @@ class MedianFilter(nn.Module):
         return top[:, n // 2 : n // 2 + 1]
 
 
+REFERENCES = ("medoid", "golden")
+
+
 class NDPNet(nn.Module):
-    """(B, 3, t, t) in [0, 1] -> (B, 1, t, t) anomaly map on the calibrated scale."""
+    """(B, 3, t, t) in [0, 1] -> (B, 1, t, t) anomaly map on the calibrated scale; with
+    reference="golden", (B, 6, t, t): the tile, then the golden frame's tile at its place."""
 
     ref_image: torch.Tensor
 
@@ -275,8 +313,12 @@ class NDPNet(nn.Module):
         rbam_tau: float,
         fusion_channels: int,
         filter_px: int = 5,
+        reference: str = "medoid",
     ) -> None:
         super().__init__()
+        if reference not in REFERENCES:
+            raise ModelError(f"reference {reference!r}: choose one of {', '.join(REFERENCES)}")
+        self.golden = reference == "golden"
         if segmentation not in SEGMENTATIONS:
             raise ModelError(f"segmentation {segmentation!r}: choose one of {', '.join(SEGMENTATIONS)}")
         self.width = width
@@ -316,17 +358,38 @@ class NDPNet(nn.Module):
             assert isinstance(module, RBAM)
             module.set_reference(feats[i])
 
-    def repair(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The three deepest stages after the RBAM (unchanged without it)."""
+    def repair(
+        self, feats: list[torch.Tensor], ref_feats: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """The three deepest stages after the RBAM (unchanged without it); `ref_feats`: the
+        encoder features of each sample's golden tile (golden mode)."""
         deep = [feats[i] for i in RBAM_STAGES]
         if not self.use_rbam:
             return deep
-        return [m(f) for m, f in zip(self.rbam, deep, strict=True)]
+        refs = [ref_feats[i] for i in RBAM_STAGES] if ref_feats is not None else [None] * len(deep)
+        return [m(f, r) for m, f, r in zip(self.rbam, deep, refs, strict=True)]
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tiles, golden tiles or None) of a network input."""
+        if not self.golden:
+            return x, None
+        if x.shape[1] != 6:
+            raise ModelError(
+                f"golden-reference NDP-Net takes 6 channels (tile, golden tile), got {x.shape[1]}"
+            )
+        return x[:, :3], x[:, 3:]
+
+    def reference_features(self, ref: torch.Tensor | None) -> list[torch.Tensor] | None:
+        """The golden tiles through the encoder, up to the deepest RBAM stage (None: medoid mode)."""
+        if ref is None or not self.use_rbam:
+            return None
+        return self.encoder(ref)
 
     def reconstruct(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """(encoder features of x, repaired deep features, reconstruction)."""
+        """(encoder features of the tile, repaired deep features, reconstruction) of a network input."""
+        x, ref = self.split(x)
         feats = self.encoder(x)
-        r3, r4, r5 = self.repair(feats)
+        r3, r4, r5 = self.repair(feats, self.reference_features(ref))
         return feats, [r3, r4, r5], self.decoder(r3, r4, r5, x)
 
     def seg_logits(self, feats: list[torch.Tensor], rec: torch.Tensor) -> list[torch.Tensor]:
@@ -338,6 +401,7 @@ class NDPNet(nn.Module):
         """(B, C, t, t) filtered maps before the quantile normalisation: C = 1, or 2 for
         "msdsm+pixel" (the MSDSM map, then the pixel difference)."""
         feats, _, rec = self.reconstruct(x)
+        x = x[:, :3]
         maps = []
         if self.msdsm is not None:
             maps.append(upsample_to(fuse_maps(self.seg_logits(feats, rec)), x))
@@ -363,6 +427,7 @@ def net_from_params(params: dict[str, Any], *, tile_px: int) -> NDPNet:
         rbam_tau=float(params["rbam_tau"]),
         fusion_channels=int(params["fusion_channels"]),
         filter_px=int(params.get("filter_px", 5)),
+        reference=str(params.get("reference", "medoid")),
     )
 
 

@@ -9,6 +9,9 @@ N dividing each map by its maximum, M_l the mask resized to the stage.
 
 Then the reference tile (the medoid of training tiles in EfficientNet-Lite
 feature space) is cut into the RBFRM patch banks with the now frozen encoder.
+With `reference=golden` there is no medoid: every crop is drawn together with
+the golden frame's crop at the same place (`reference_frame`, a frame aligned
+like the training frames), and phase 2 repairs each crop from its own.
 
 Phase 2 (RBAM, decoder, MSDSM; encoder frozen): rec = decoder(RBAM(encoder(I_ad)))
 against I_o: 100 * MSE + 1 * perceptual + 1 * feature repair (MSE between the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,10 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.backbone import LiteFeatures, frozen_features
+from pipelines.bundle import REFERENCE_FRAME_KEY
+from pipelines.data import read_image
 from pipelines.errors import ModelError
 from pipelines.models.base import module_tensors
 from pipelines.models.ndpnet.defects import SOURCES, DefectMaker
-from pipelines.models.ndpnet.model import RBAM_STAGES, SEGMENTATIONS, net_from_params
+from pipelines.models.ndpnet.model import RBAM_STAGES, REFERENCES, SEGMENTATIONS, net_from_params
 from pipelines.training import (
     CropSampler,
     Fitted,
@@ -73,6 +79,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "focal_gamma": 2.0,
         "anomaly_probability": 0.5,
         "anomaly_sources": "procedural,dataset,packaged",
+        "reference": "medoid",
+        "reference_frame": "",
         "reference_candidates": 48,
         "max_minutes": 15.0,
     },
@@ -100,6 +108,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "focal_gamma": 2.0,
         "anomaly_probability": 0.5,
         "anomaly_sources": "procedural,dataset,packaged",
+        "reference": "medoid",
+        "reference_frame": "",
         "reference_candidates": 200,
         "max_minutes": 6000.0,
     },
@@ -132,6 +142,17 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise ModelError(
             f"ndpnet setting anomaly_sources={settings['anomaly_sources']!r}: "
             f"a comma list from {','.join(SOURCES)}"
+        )
+    if settings["reference"] not in REFERENCES:
+        raise ModelError(
+            f"ndpnet setting reference={settings['reference']!r}: use medoid (the paper: one "
+            "typical training tile) or golden (the golden frame's tile at each place; needs "
+            "reference_frame=PATH)"
+        )
+    if settings["reference"] == "golden" and not str(settings["reference_frame"]).strip():
+        raise ModelError(
+            "ndpnet setting reference=golden needs reference_frame=PATH: the golden part's frame "
+            "(the golden template's image), aligned like the training frames"
         )
     crop = int(settings["crop_px"])
     if crop % 32 or crop < 64:
@@ -217,6 +238,22 @@ def reference_tile(
     return img, {"method": "medoid", "candidates": len(tiles), "index": best}
 
 
+def golden_frame(path: str, images: list[np.ndarray]) -> np.ndarray:
+    """The golden frame (HxWx3 uint8 RGB); every training frame must have its size (aligned)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"ndpnet setting reference_frame={path}: no such file (the golden part's frame)")
+    frame = read_image(p)
+    h, w = frame.shape[:2]
+    for img in images:
+        if img.shape[:2] != (h, w):
+            raise ModelError(
+                f"reference_frame {path} is {w}x{h} but a training frame is {img.shape[1]}x{img.shape[0]}: "
+                "golden-reference training needs frames aligned to the golden template (same size)"
+            )
+    return frame
+
+
 def _iterations(epochs: float, images: list[np.ndarray], crop_px: int, batch: int) -> int:
     """Iterations for `epochs` passes over the training area in crops of `crop_px` (>= 1 crop per image)."""
     return max(1, math.ceil(epochs * _crops(images, crop_px) / batch)) if epochs > 0 else 0
@@ -240,10 +277,15 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         "rbam_tau": float(settings["rbam_tau"]),
         "fusion_channels": int(settings["fusion_channels"]),
         "filter_px": 5,
+        "reference": settings["reference"],
     }
+    golden = None
+    if settings["reference"] == "golden":
+        golden = golden_frame(str(settings["reference_frame"]), images)
     net = net_from_params(params, tile_px=tile_px)
     lite = frozen_features(settings["backbone"], taps=PERCEPTUAL_TAPS)
-    sampler = CropSampler(train, crop_px=crop, seed=seed)
+    # Golden mode: every crop comes with the golden frame's crop at the same place (6 channels).
+    sampler = CropSampler(train, crop_px=crop, seed=seed, reference=golden)
     sources = tuple(s.strip() for s in str(settings["anomaly_sources"]).split(",") if s.strip())
     maker = DefectMaker(
         train, sources=sources, probability=float(settings["anomaly_probability"]), seed=seed + 1
@@ -262,10 +304,12 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     by_time = settings["budget"] == "time"
     share1 = float(settings["phase1_share"])
 
-    def batch_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        good = sampler.sample(batch)
+    def batch_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(good crops, their artificial-defect versions, masks, golden crops or None)."""
+        crops = sampler.sample(batch)
+        good, ref = (crops, None) if golden is None else (crops[:, :3].contiguous(), crops[:, 3:])
         bad, masks = maker(good.numpy())
-        return good, torch.from_numpy(bad), torch.from_numpy(masks)
+        return good, torch.from_numpy(bad), torch.from_numpy(masks), ref
 
     def adam(modules: list[torch.nn.Module]) -> torch.optim.Optimizer:
         ps = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -280,7 +324,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         progress=progress, every=20,
     )  # fmt: skip
     for _ in loop1:
-        good, bad, masks = batch_pair()
+        good, bad, masks, _ref = batch_pair()
         feats = net.encoder(torch.cat([good, bad]))
         fo = [f[:batch] for f in feats]
         fad = [f[batch:] for f in feats]
@@ -296,10 +340,17 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     for p in net.encoder.parameters():
         p.requires_grad_(False)
     net.encoder.eval()
-    ref, ref_info = reference_tile(
-        train, lite, tile_px=tile_px, candidates=int(settings["reference_candidates"]), seed=seed
-    )
-    net.set_reference(to_tensor(ref[None]))
+    if golden is None:
+        ref, ref_info = reference_tile(
+            train, lite, tile_px=tile_px, candidates=int(settings["reference_candidates"]), seed=seed
+        )
+        net.set_reference(to_tensor(ref[None]))
+    else:
+        ref_info = {
+            "method": "golden",
+            "frame": str(settings["reference_frame"]),
+            "frame_px": [int(golden.shape[1]), int(golden.shape[0])],
+        }
 
     # Phase 2: RBAM, decoder and MSDSM; the encoder stays frozen (eval mode).
     trainable = [net.decoder, *net.rbam] + ([net.msdsm] if net.msdsm is not None else [])
@@ -312,12 +363,13 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         deadline=start + budget_s + (time.monotonic() - phase2_start), progress=progress, every=20,
     )  # fmt: skip
     for _ in loop2:
-        good, bad, masks = batch_pair()
+        good, bad, masks, ref_crops = batch_pair()
         with torch.no_grad():
             feats = net.encoder(torch.cat([good, bad]))
+            ref_feats = net.reference_features(ref_crops)
         fo = [f[:batch] for f in feats]
         fad = [f[batch:] for f in feats]
-        rep = net.repair(fad)
+        rep = net.repair(fad, ref_feats)
         rec = net.decoder(*rep, bad)
         loss = w["rec_weight"] * F.mse_loss(rec, good) + w["per_weight"] * perceptual_loss(lite, rec, good)
         if net.use_rbam and w["fea_rep_weight"] > 0:
@@ -347,14 +399,19 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     net.eval()
     train_s = time.monotonic() - start
 
-    q = holdout_quantiles(net.raw_map, held, tile_px=tile_px)
+    held_in = held if golden is None else [np.concatenate([img, golden], 2) for img in held]
+    q = holdout_quantiles(net.raw_map, held_in, tile_px=tile_px)
     net.norm.q.copy_(torch.from_numpy(q[0]))
     if net.norm_pixel is not None:
         net.norm_pixel.q.copy_(torch.from_numpy(q[1]))
-    calibration = first_calibration(net, None, held, tile_px=tile_px)
+    calibration = first_calibration(net, None, held, tile_px=tile_px, reference_frame=golden)
+    tensors = module_tensors(net, "net")
+    if golden is not None:
+        tensors[REFERENCE_FRAME_KEY] = golden
     return Fitted(
+        input_channels=3 if golden is None else 6,
         params=params,
-        tensors=module_tensors(net, "net"),
+        tensors=tensors,
         info={
             "budget": settings["budget"],
             "phase1_iterations": loop1.done,
