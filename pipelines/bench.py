@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.bundle import Bundle
+from pipelines.inference import HALO_CORE_PX
 from pipelines.models.base import GlobalBranch, GlobalResult
 
 SAMPLE_INTERVAL_S = 0.005
@@ -108,8 +109,15 @@ def _best_rate(run: Any, *, size: int, min_time_s: float) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
-def frame_gflops(bundle: Bundle, *, tiles: int, whole_hw: tuple[int, int] | None) -> float | None:
-    """The network's GFLOPs for one frame: per tile x tiles, or over the whole padded frame."""
+def frame_gflops(
+    bundle: Bundle,
+    *,
+    tiles: int,
+    whole_hw: tuple[int, int] | None,
+    crops_hw: list[tuple[int, int]] | None = None,
+) -> float | None:
+    """The network's GFLOPs for one frame: per tile x tiles, over the whole padded frame, or
+    summed over the crops of halo mode."""
     t = bundle.meta.tiles.tile_px
     try:
         from pipelines.export import network_costs
@@ -119,7 +127,11 @@ def frame_gflops(bundle: Bundle, *, tiles: int, whole_hw: tuple[int, int] | None
     except ImportError:
         rec = bundle.meta.exports.get("onnx") or {}
         per_tile = rec.get("tile_gflops")
-        return None if per_tile is None or whole_hw else float(per_tile) * tiles
+        return None if per_tile is None or whole_hw or crops_hw else float(per_tile) * tiles
+    if crops_hw is not None:
+        c = bundle.meta.input_channels
+        per_shape = {hw: network_costs(net, (1, c, *hw))[0] for hw in set(crops_hw)}
+        return sum(per_shape[hw] for hw in crops_hw) / 1e9
     if whole_hw is not None:
         flops, _ = network_costs(net, (1, bundle.meta.input_channels, *whole_hw))
         return flops / 1e9
@@ -220,6 +232,7 @@ def run_bench(
     runs: int = 10,
     warmup: int = 1,
     mode: str = "tiles",
+    halo_core_px: int = HALO_CORE_PX,
     precision: str | None = None,
     batch_size: int = 8,
     profile: bool = False,
@@ -238,13 +251,19 @@ def run_bench(
     gemm = gemm_gflops(threads=threads) if flops else None
     t0 = time.perf_counter()
     inspector = Inspector(
-        bundle, backend=backend, threads=threads, batch_size=batch_size, mode=mode, precision=precision
-    )
+        bundle, backend=backend, threads=threads, batch_size=batch_size, mode=mode, precision=precision,
+        halo_core_px=halo_core_px,
+    )  # fmt: skip
     load_s = time.perf_counter() - t0
     analyser = inspector.analyser
     chosen_mode = analyser.mode_for(height_px, width_px)
     m = analyser.margin_px
     tiles = analyser.plan(height_px + 2 * m, width_px + 2 * m).count
+    crops_hw = None
+    if chosen_mode == "halo":
+        crops = analyser.halo_crops(height_px, width_px)
+        crops_hw = [(r.stop - r.start, c.stop - c.start) for r, c, _, _ in crops]
+        tiles = len(crops)
     for i in range(warmup):
         inspector.inspect(Frame(frame_id=i, timestamp_s=time.monotonic(), pixels=image))
     latencies: list[float] = []
@@ -274,7 +293,9 @@ def run_bench(
         "frame": f"{width_px}x{height_px}",
         "product": product,
         "mode": chosen_mode,
-        "tiles": tiles if chosen_mode == "tiles" else 1,
+        "tiles": tiles if chosen_mode in ("tiles", "halo") else 1,
+        "halo_px": analyser.halo_px if chosen_mode == "halo" else None,
+        "halo_core_px": analyser.core_px if chosen_mode == "halo" else None,
         "tile_px": bundle.meta.tiles.tile_px,
         "batch_size": batch_size,
         "runs": runs,
@@ -304,7 +325,7 @@ def run_bench(
             result["modules_ms_per_batch"] = module_profile(bundle, threads=threads, batch_size=batch_size)
     if gemm is not None:
         whole = analyser.whole_shape(height_px, width_px) if chosen_mode == "whole" else None
-        gflops = frame_gflops(bundle, tiles=tiles, whole_hw=whole)
+        gflops = frame_gflops(bundle, tiles=tiles, whole_hw=whole, crops_hw=crops_hw)
         rate, library = gemm
         result["gflops_per_frame"] = None if gflops is None else round(gflops, 2)
         result["gemm_gflops_per_s"] = round(rate, 1)

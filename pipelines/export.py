@@ -116,6 +116,52 @@ def activation_bytes_per_px(bundle: Bundle) -> float | None:
     return float(value) if value is not None else None
 
 
+RF_PROBE_PX = 1024  # side of the input the receptive field is measured on
+HALO_STEP_PX = 32  # halos are whole stride cells (the backbone's total stride)
+
+
+def measure_receptive_radius(net: Any, *, channels: int = 3, side_px: int = RF_PROBE_PX) -> int:
+    """The network's receptive-field radius in input pixels, measured: the farthest input pixel
+    (Chebyshev distance) with a non-zero gradient of the output map's centre pixel, on a random
+    input of `side_px`. A conservative halo for exact tiles adds one stride cell on top
+    (`halo_for`). Raises if the field reaches the probe's edge (too wide to measure)."""
+    import torch
+
+    c = side_px // 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((1, channels, side_px, side_px), generator=g).requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(net(x)[0, 0, c, c], x)
+    ys, xs = np.nonzero(grad.abs().sum(dim=(0, 1)).numpy())
+    radius = int(max(np.abs(ys - c).max(), np.abs(xs - c).max()))
+    if radius >= c - 1:
+        raise PipelineError(
+            f"the network's receptive field reaches {side_px // 2} px or more: too wide for halo "
+            "tiles; use inference mode tiles or whole"
+        )
+    return radius
+
+
+def halo_for(radius_px: int) -> int:
+    """The halo that makes halo tiles exact: the radius plus one stride cell, rounded up to cells."""
+    return -(-(radius_px + HALO_STEP_PX) // HALO_STEP_PX) * HALO_STEP_PX
+
+
+def receptive_radius_px(bundle: Bundle) -> int:
+    """The bundle's receptive-field radius: recorded at export, else measured on its torch network."""
+    rec = onnx_record(bundle, "fp32")
+    if rec and rec.get("receptive_radius_px") is not None:
+        return int(rec["receptive_radius_px"])
+    try:
+        net = _tile_net(bundle)
+    except ImportError as exc:
+        raise PipelineError(
+            f"halo tiles need the receptive field of {bundle.path}: run '{export_command(bundle, 'fp32')}' "
+            "on a machine with torch (it records it)"
+        ) from exc
+    return measure_receptive_radius(net, channels=bundle.meta.input_channels)
+
+
 def network_costs(net: Any, shape: tuple[int, int, int, int]) -> tuple[float, float]:
     """(FLOPs, peak bytes of any single op's operands + result) of `net` on an input of `shape`.
 
@@ -254,6 +300,7 @@ def export_onnx(
     t = bundle.meta.tiles.tile_px
     c = bundle.meta.input_channels
     flops, peak = network_costs(net, (1, c, t, t))
+    radius = measure_receptive_radius(net, channels=c) if c == 3 else None  # golden models: tiles only
     module = net if precision == "fp32" else _half_wrapper(net)
     final = bundle.path / ONNX_FILES[precision]
     dyn = {0: "batch", 2: "height", 3: "width"}
@@ -293,6 +340,7 @@ def export_onnx(
         "parity_max_abs_vs_torch": diff,
         "tile_gflops": round(flops / 1e9, 4),
         "activation_bytes_per_px": round(ACTIVATION_SAFETY * peak / (t * t), 1),
+        "receptive_radius_px": radius,
         "created": now_iso(),
     }
     return _record(bundle, EXPORT_KEYS[precision], record)

@@ -7,14 +7,29 @@ or 6 for a golden-reference model: the tile and the golden tile).
 
 Modes: "tiles" (the default) cuts the frame into overlapping tiles and
 stitches; "whole" runs the fully-convolutional network once over the whole
-frame; "auto" takes "whole" when its estimated activation memory fits in
-half of the available memory, else "tiles". Whole-frame border handling: the
+frame; "halo" gives the whole frame's map with bounded memory (below); "auto"
+takes "whole" when its estimated activation memory fits in half of the
+available memory, else "halo" (the same map), else "tiles" (a network whose
+receptive field is too wide for halos). Whole-frame border handling: the
 frame is reflect-padded by `margin_px` on every side (exactly what a frame-edge
 tile sees, so the frame's edges are treated alike in both modes), then further
 reflect-padded on the bottom and right up to a multiple of 32 (the backbone's
 static padding is exact only there), and the map is cropped back. Inside the
 frame the two modes differ where a tile's own zero padding cut its receptive
 field short; `tests/pipelines/test_export_parity.py` measures how much.
+
+Halo tiles ("halo") make tiles give the whole frame's map exactly. The frame
+is padded as for "whole" and cut into cores of `core_px`, each run with a halo
+of `halo_px` on every side where the padded frame goes on (clipped at its
+edges, where the whole frame has the same edge); only the core is kept. An
+output pixel depends only on input within the network's receptive-field
+radius, and the halo covers that radius plus one stride cell
+(`pipelines.export.halo_for`, the radius measured by gradient at export). All
+crop origins and sides are multiples of 32, so the strided layers see the same
+grid as in the whole frame. The maps then agree to float rounding (tested
+per family). The cost is the halos' extra compute: for BVPN (radius 200 px, halo
+256) with 1024-px cores, 1.75x the whole frame's pixels on a 1913x2624 frame,
+at 45% of its activation memory.
 
 Golden-reference models (`reference_frame` given, the bundle's 6-channel input):
 every tile goes in with the reference frame's tile at the same place (cut from
@@ -38,7 +53,8 @@ from pipelines.models.base import GlobalBranch
 from pipelines.tiling import TilePlan
 
 InferFn = Callable[[np.ndarray], np.ndarray]
-MODES = ("tiles", "whole", "auto")
+MODES = ("tiles", "whole", "halo", "auto")
+HALO_CORE_PX = 1024  # default core side of halo tiles
 WHOLE_MULTIPLE_PX = 32  # the backbone's total stride: static "same" padding is exact for multiples
 WHOLE_MEMORY_FRACTION = 0.5  # "auto" leaves the other half to the rest of the appliance
 
@@ -100,18 +116,29 @@ class TiledAnalyser:
         whole_bytes_per_px: float | None = None,
         global_gain: float = 1.0,
         reference_frame: np.ndarray | None = None,
+        halo_px: int | None = None,
+        core_px: int = HALO_CORE_PX,
     ) -> None:
         """`whole_bytes_per_px`: activation memory of the network per input pixel
         (bytes), which "auto" needs; without it "auto" stays with tiles.
         `global_gain`: factor on the global branch's score and map (the calibration's).
-        `reference_frame`: HxWx3 uint8 golden frame of a golden-reference model."""
+        `reference_frame`: HxWx3 uint8 golden frame of a golden-reference model.
+        `halo_px`, `core_px`: halo tiles (multiples of 32); "halo" needs `halo_px`, and "auto"
+        without it falls back to "tiles" where the whole frame does not fit."""
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
-        if reference_frame is not None and mode == "whole":
+        if reference_frame is not None and mode in ("whole", "halo"):
             raise DataError(
                 "a golden-reference model runs in tiles only (its reference is cut per tile): "
                 "use inference mode tiles or auto"
             )
+        if mode == "halo" and halo_px is None:
+            raise DataError("halo mode needs the network's halo (receptive field): none was given")
+        for name, v in (("halo_px", halo_px), ("core_px", core_px)):
+            if v is not None and (v < 0 or v % WHOLE_MULTIPLE_PX or (name == "core_px" and v == 0)):
+                raise DataError(f"{name} {v}: a multiple of {WHOLE_MULTIPLE_PX} px")
+        self.halo_px = halo_px
+        self.core_px = core_px
         self.reference_frame = reference_frame
         self._reference_tiles: tuple[tuple[int, int], np.ndarray] | None = None
         self.mode = mode
@@ -148,17 +175,59 @@ class TiledAnalyser:
             return "tiles"
         ph, pw = self.whole_shape(height_px, width_px)
         need = ph * pw * self.whole_bytes_per_px
-        return "whole" if need <= WHOLE_MEMORY_FRACTION * free else "tiles"
+        if need <= WHOLE_MEMORY_FRACTION * free:
+            return "whole"
+        return "tiles" if self.halo_px is None else "halo"
+
+    def _whole_input(self, rgb: np.ndarray) -> np.ndarray:
+        """The frame padded as whole-frame mode feeds it (margin, then up to multiples of 32)."""
+        h, w = rgb.shape[:2]
+        m = self.margin_px
+        ph, pw = self.whole_shape(h, w)
+        pad = ((m, ph - h - m), (m, pw - w - m), (0, 0))
+        return np.pad(rgb, pad, mode="reflect" if min(h, w) > 1 else "edge")
+
+    def _run(self, padded: np.ndarray) -> np.ndarray:
+        """The network's (H, W) map of one padded uint8 image."""
+        x = padded.transpose(2, 0, 1)[None].astype(np.float32) * self.input_scale
+        return np.asarray(self.infer(np.ascontiguousarray(x)), dtype=np.float32)[0, 0]
 
     def whole_map(self, rgb: np.ndarray) -> np.ndarray:
         """The map of the whole frame in one pass (see the module docstring for the borders)."""
         h, w = rgb.shape[:2]
         m = self.margin_px
-        ph, pw = self.whole_shape(h, w)
-        pad = ((m, ph - h - m), (m, pw - w - m), (0, 0))
-        padded = np.pad(rgb, pad, mode="reflect" if min(h, w) > 1 else "edge")
-        x = padded.transpose(2, 0, 1)[None].astype(np.float32) * self.input_scale
-        out = np.asarray(self.infer(np.ascontiguousarray(x)), dtype=np.float32)[0, 0]
+        return self._run(self._whole_input(rgb))[m : m + h, m : m + w]
+
+    def halo_crops(self, height_px: int, width_px: int) -> list[tuple[slice, slice, slice, slice]]:
+        """Per core of halo mode, in the padded frame: (crop rows, crop columns, core rows and
+        core columns inside the crop's map)."""
+        assert self.halo_px is not None
+        ph, pw = self.whole_shape(height_px, width_px)
+        c, halo = self.core_px, self.halo_px
+        out = []
+        for y in range(0, ph, c):
+            for x in range(0, pw, c):
+                y0, x0 = max(0, y - halo), max(0, x - halo)
+                y1, x1 = min(ph, y + c), min(pw, x + c)
+                out.append(
+                    (
+                        slice(y0, min(ph, y1 + halo)),
+                        slice(x0, min(pw, x1 + halo)),
+                        slice(y - y0, y1 - y0),
+                        slice(x - x0, x1 - x0),
+                    )
+                )
+        return out
+
+    def halo_map(self, rgb: np.ndarray) -> np.ndarray:
+        """The whole frame's map through halo tiles (see the module docstring)."""
+        h, w = rgb.shape[:2]
+        m = self.margin_px
+        padded = self._whole_input(rgb)
+        out = np.empty(padded.shape[:2], np.float32)
+        for rows, cols, core_rows, core_cols in self.halo_crops(h, w):
+            crop = self._run(padded[rows, cols])
+            out[rows, cols][core_rows, core_cols] = crop[core_rows, core_cols]
         return out[m : m + h, m : m + w]
 
     def tile_map(self, rgb: np.ndarray) -> np.ndarray:
@@ -213,8 +282,11 @@ class TiledAnalyser:
         return self._reference_tiles[1]
 
     def __call__(self, rgb: np.ndarray) -> Analysis:
-        if self.mode_for(rgb.shape[0], rgb.shape[1]) == "whole":
+        mode = self.mode_for(rgb.shape[0], rgb.shape[1])
+        if mode == "whole":
             tile = self.whole_map(rgb)
+        elif mode == "halo":
+            tile = self.halo_map(rgb)
         else:
             tile = self.tile_map(rgb)
         tile_score = float(tile.max())

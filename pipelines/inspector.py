@@ -6,6 +6,7 @@ line, the GUI), so the maths exists once.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -17,11 +18,13 @@ from drivers.verdict import Defect, Result, Verdict
 from pipelines.backends.registry import create_backend
 from pipelines.bundle import REFERENCE_FRAME_KEY, Bundle, Calibration
 from pipelines.data import to_rgb8
-from pipelines.errors import ModelError
-from pipelines.export import activation_bytes_per_px
-from pipelines.inference import Analysis, TiledAnalyser
+from pipelines.errors import ModelError, PipelineError
+from pipelines.export import activation_bytes_per_px, halo_for, receptive_radius_px
+from pipelines.inference import HALO_CORE_PX, Analysis, TiledAnalyser
 from pipelines.models.registry import inference_module
 from pipelines.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
 
 
 def find_defects(
@@ -87,16 +90,27 @@ class Inspector:
         preprocessor: Preprocessor | None = None,
         mode: str = "tiles",
         precision: str | None = None,
+        halo_core_px: int = HALO_CORE_PX,
     ):
-        """`mode`: "tiles", "whole" or "auto" (see `pipelines.inference`); tiles is the
-        default for every family because whole-frame maps differ at tile borders
-        (measured in tests/pipelines/test_export_parity.py)."""
+        """`mode`: "tiles", "whole", "halo" or "auto" (see `pipelines.inference`); tiles is
+        the default for every family because whole-frame maps differ at tile borders
+        (measured in tests/pipelines/test_export_parity.py) and calibration is made in
+        tiles; "whole", "halo" and "auto" give one and the same map.
+        `halo_core_px`: core side of halo tiles (multiple of 32)."""
         self.bundle = bundle
         self.preprocessor = preprocessor
         self.backend = create_backend(
             backend, bundle, threads=threads, precision=precision, batch_size=batch_size
         )
         family = inference_module(bundle.meta.family)
+        halo = None
+        if mode in ("halo", "auto") and bundle.meta.input_channels == 3:
+            try:
+                halo = halo_for(receptive_radius_px(bundle))
+            except PipelineError:
+                if mode == "halo":
+                    raise
+                log.info("auto inference mode: the receptive field is too wide for halo tiles")
         self.analyser = TiledAnalyser(
             self.backend.infer,
             tile_px=bundle.meta.tiles.tile_px,
@@ -109,6 +123,8 @@ class Inspector:
             whole_bytes_per_px=activation_bytes_per_px(bundle) if mode == "auto" else None,
             global_gain=bundle.meta.calibration.global_gain,
             reference_frame=bundle.tensors.get(REFERENCE_FRAME_KEY),
+            halo_px=halo,
+            core_px=halo_core_px,
         )
         self.mm_per_px: float | None = None
 

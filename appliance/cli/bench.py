@@ -31,7 +31,18 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--runs", type=int, default=10, help="timed frames after warm-up (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed frames first (default 1)")
     p.add_argument(
-        "--mode", choices=("tiles", "whole", "auto"), default="tiles", help="tiling or whole-frame inference"
+        "--mode",
+        choices=("tiles", "whole", "halo", "auto"),
+        default="tiles",
+        help="tiles (blended, the default), whole frame, halo tiles (the whole frame's map with bounded "
+        "memory) or auto (whole if it fits in memory, else halo)",
+    )
+    p.add_argument(
+        "--halo-core",
+        type=int,
+        default=1024,
+        help="core side of halo tiles in px, a multiple of 32 (default 1024): smaller cores use "
+        "less memory and repeat more halo",
     )
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None, help="backend precision")
     p.add_argument("--batch", type=int, default=8, help="tiles per inference call (default 8)")
@@ -93,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         runs=args.runs,
         warmup=args.warmup,
         mode=args.mode,
+        halo_core_px=args.halo_core,
         precision=args.precision,
         batch_size=args.batch,
         profile=args.profile,

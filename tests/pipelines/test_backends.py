@@ -164,10 +164,74 @@ def test_auto_mode_follows_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     assert a.mode_for(1000, 1000) == "whole"  # 1e8 bytes <= half of 1e9
     monkeypatch.setattr(inference, "available_memory_bytes", lambda: 10**8)
     assert a.mode_for(1000, 1000) == "tiles"
+    haloed = TiledAnalyser(
+        lambda x: x[:, :1], tile_px=64, overlap_px=16, mode="auto", whole_bytes_per_px=100.0, halo_px=64
+    )
+    assert haloed.mode_for(1000, 1000) == "halo"  # the whole frame's map in bounded memory
     unknown = TiledAnalyser(lambda x: x[:, :1], tile_px=64, overlap_px=16, mode="auto")
     assert unknown.mode_for(100, 100) == "tiles"
     with pytest.raises(ValueError, match="unknown inference mode"):
         TiledAnalyser(lambda x: x, tile_px=64, overlap_px=16, mode="fast")
+
+
+def _box_sum(radius: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A network with a known receptive field: the sum of the red channel over a
+    (2r+1)^2 window with zero padding (as a convolution pads)."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        red = np.pad(x[:, 0], ((0, 0), (radius, radius), (radius, radius)))
+        out = np.zeros((x.shape[0], 1, x.shape[2], x.shape[3]), np.float32)
+        for dy in range(2 * radius + 1):
+            for dx in range(2 * radius + 1):
+                out[:, 0] += red[:, dy : dy + x.shape[2], dx : dx + x.shape[3]]
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("core", [32, 64, 96])
+def test_halo_tiles_give_the_whole_frames_map(core: int) -> None:
+    """Receptive radius 7 px, halo one stride cell (32 px): every core's output sees what the
+    whole frame's does. A halo shorter than the radius would not (checked: zero halo differs)."""
+    shapes: list[tuple[int, ...]] = []
+    net = _box_sum(7)
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        shapes.append(x.shape)
+        return net(x)
+
+    rgb = np.random.default_rng(1).integers(0, 255, (150, 230, 3), dtype=np.uint8)
+    args: dict[str, Any] = dict(tile_px=64, overlap_px=16, margin_px=16, input_scale=1.0)
+    whole = TiledAnalyser(net, mode="whole", **args)(rgb).anomaly_map
+    halo = TiledAnalyser(infer, mode="halo", halo_px=32, core_px=core, **args)(rgb).anomaly_map
+    np.testing.assert_array_equal(halo, whole)
+    assert len(shapes) > 1 and all(s[2] % 32 == 0 and s[3] % 32 == 0 for s in shapes)
+    assert max(s[2] * s[3] for s in shapes) < 192 * 288  # cores, not the padded frame again
+    no_halo = TiledAnalyser(net, mode="halo", halo_px=0, core_px=core, **args)(rgb).anomaly_map
+    assert np.abs(no_halo - whole).max() > 0
+    with pytest.raises(PipelineError, match="multiple of 32"):
+        TiledAnalyser(net, mode="halo", halo_px=20, **args)
+    with pytest.raises(PipelineError, match="needs the network's halo"):
+        TiledAnalyser(net, mode="halo", **args)
+
+
+def test_receptive_radius_is_measured_by_gradient() -> None:
+    import torch
+    from torch import nn
+
+    from pipelines.export import halo_for, measure_receptive_radius
+
+    torch.manual_seed(0)
+    five = nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(5)], nn.Conv2d(3, 1, 1))
+    assert measure_receptive_radius(five, side_px=64) == 5
+    assert halo_for(5) == 64 and halo_for(0) == 32  # one stride cell on top, in whole cells
+
+    class Global(nn.Module):  # depends on every pixel: no halo can make tiles exact
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - x.mean()).sum(1, keepdim=True)
+
+    with pytest.raises(PipelineError, match="too wide for halo tiles"):
+        measure_receptive_radius(Global(), side_px=64)
 
 
 @pytest.mark.tensorrt

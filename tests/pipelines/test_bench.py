@@ -86,6 +86,14 @@ def test_cli_export_then_bench_whole_frame(
     assert r["product"] == "paper" and r["frame"] == "200x160"
     assert r["gflops_per_frame"] > 0
     assert r["modules_ms_per_batch"] and all(v >= 0 for v in r["modules_ms_per_batch"].values())
+    whole_gflops = r["gflops_per_frame"]
+    argv = ["bench", "--bundle", str(dest), "--backend", "onnxruntime", "--frame", "400x300"]
+    argv += ["--threads", "1", "--runs", "1", "--mode", "halo", "--halo-core", "64", "--json"]
+    assert _cli(bench_cmd, argv) == 0
+    h = json.loads(capsys.readouterr().out)
+    assert h["mode"] == "halo" and h["halo_core_px"] == 64 and h["halo_px"] % 32 == 0
+    assert h["tiles"] == 6 * 7  # (300 + 32 -> 352) x (400 + 32 -> 448) padded, in 64-px cores
+    assert h["gflops_per_frame"] > whole_gflops  # a bigger frame, and the halos on top
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ thresholds are 1.0 and 2.7; for the real fast-profile bsdata bundles, 0.59
 threshold 2.28) for PatchCore on a 640x896 frame. Tiles therefore
 stay the default mode for both families; the tests hold the border handling
 exact where the two modes see the same pixels (a frame that fits one tile).
+Halo tiles (cores with a halo of the measured receptive field) give the whole
+frame's map exactly, with bounded memory: tested on both backends.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from drivers.camera.scene import SceneRenderer
 from pipelines.bundle import Bundle, load_bundle
 from pipelines.data import list_images, read_image
 from pipelines.datasets.synth import write_mvtec_dataset
-from pipelines.export import ONNX_FILES, export_onnx
+from pipelines.export import ONNX_FILES, export_onnx, halo_for
 from pipelines.inspector import Inspector, decide
 from pipelines.training import train_bundle
 
@@ -122,6 +124,21 @@ def test_whole_frame_differs_from_tiles_at_tile_borders(case: Case) -> None:
     print(f"{case.family}: |tiles - whole| max {d.max():.3g}, p99 {np.quantile(d, 0.99):.3g}")
     assert np.isfinite(d).all()
     assert float(d.max()) > ATOL
+
+
+def test_halo_tiles_equal_the_whole_frame_on_both_backends(case: Case) -> None:
+    """The whole frame's map with bounded memory: cores of 128 px with the halo from the receptive
+    field measured at export, on a frame several cores wide."""
+    rec = case.bundle.meta.exports["onnx"]
+    assert 0 < rec["receptive_radius_px"] < 512
+    img = SceneRenderer(product="print", width_px=600, height_px=420, seed=5).render(2, defect="spot").image
+    for backend in ("torch", "onnxruntime"):
+        whole = Inspector(case.bundle, backend=backend, threads=1, mode="whole").analyse(img)
+        halo = Inspector(case.bundle, backend=backend, threads=1, mode="halo", halo_core_px=128)
+        assert halo.analyser.halo_px == halo_for(rec["receptive_radius_px"])
+        got = halo.analyse(img)
+        assert float(np.abs(got.anomaly_map - whole.anomaly_map).max()) <= ATOL
+        assert abs(got.score - whole.score) <= ATOL
 
 
 @pytest.mark.slow
