@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -57,6 +57,12 @@ class InspectionSettings(Settings):
         "core to the camera, outputs and records: other threads stall a full thread team",
     )
     batch_size: int = Field(default=8, ge=1, le=256, description="tiles per inference batch")
+    mode: Literal["tiles", "whole", "halo", "auto"] = Field(
+        default="tiles",
+        description="inference mode: tiles (blended, the default), whole (one pass, most memory), halo "
+        "(the whole frame's map with bounded memory) or auto (whole if it fits in half the free memory, "
+        "else halo); calibrate the bundle in the same kind ('aoi calibrate --mode')",
+    )
     deadline_ms: float = Field(
         default=2000.0,
         gt=0,

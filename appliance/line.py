@@ -1095,6 +1095,7 @@ def inspector_factory_for(config: AppConfig) -> InspectorFactory:
             threads=inspection.threads,
             batch_size=inspection.batch_size,
             preprocessor=preprocessor,
+            mode=inspection.mode,
         )
         inspector.mm_per_px = scale.mm_per_px if scale is not None else None
         verify_min_area_has_scale(inspector, path)

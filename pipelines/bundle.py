@@ -73,6 +73,11 @@ class Calibration(Settings):
         "are fused with the tile map's: `aoi calibrate` sets it so that on the good images both branches "
         "reach their own tail quantile at the same score (dimensionless; 1 leaves the branch as trained)",
     )
+    inference_mode: str = Field(
+        default="tiles",
+        description="the inference mode the thresholds were made in: tiles, or whole (whole, halo and "
+        "auto give the same map)",
+    )
     method: str = Field(default="uncalibrated", description="how the thresholds were set")
     details: dict[str, Any] = Field(default_factory=dict, description="the data the thresholds came from")
 

@@ -150,7 +150,12 @@ def halo_for(radius_px: int) -> int:
 def receptive_radius_px(bundle: Bundle) -> int:
     """The bundle's receptive-field radius: recorded at export, else measured on its torch network."""
     rec = onnx_record(bundle, "fp32")
-    if rec and rec.get("receptive_radius_px") is not None:
+    if rec and "receptive_radius_px" in rec:
+        if rec["receptive_radius_px"] is None:  # measured at export: too wide, or a golden-reference model
+            raise PipelineError(
+                f"{bundle.path}: the network's receptive field is too wide for halo tiles (or it takes a "
+                "golden reference); use inference mode tiles or whole"
+            )
         return int(rec["receptive_radius_px"])
     try:
         net = _tile_net(bundle)
@@ -300,7 +305,10 @@ def export_onnx(
     t = bundle.meta.tiles.tile_px
     c = bundle.meta.input_channels
     flops, peak = network_costs(net, (1, c, t, t))
-    radius = measure_receptive_radius(net, channels=c) if c == 3 else None  # golden models: tiles only
+    radius = None  # recorded as None: golden models run tiles only; too wide a field for halos
+    if c == 3:
+        with contextlib.suppress(PipelineError):
+            radius = measure_receptive_radius(net, channels=c)
     module = net if precision == "fp32" else _half_wrapper(net)
     final = bundle.path / ONNX_FILES[precision]
     dyn = {0: "batch", 2: "height", 3: "width"}

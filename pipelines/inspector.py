@@ -27,6 +27,11 @@ from pipelines.preprocess import Preprocessor
 log = logging.getLogger(__name__)
 
 
+def map_kind(mode: str) -> str:
+    """Which map an inference mode gives: "tiles" (blended tiles) or "whole" (whole, halo, auto)."""
+    return "tiles" if mode == "tiles" else "whole"
+
+
 def find_defects(
     anomaly_map: np.ndarray, *, pixel_threshold: float, min_area_px: int, mm_per_px: float | None = None
 ) -> tuple[Defect, ...]:
@@ -91,12 +96,14 @@ class Inspector:
         mode: str = "tiles",
         precision: str | None = None,
         halo_core_px: int = HALO_CORE_PX,
+        check_calibration_mode: bool = True,
     ):
         """`mode`: "tiles", "whole", "halo" or "auto" (see `pipelines.inference`); tiles is
         the default for every family because whole-frame maps differ at tile borders
         (measured in tests/pipelines/test_export_parity.py) and calibration is made in
         tiles; "whole", "halo" and "auto" give one and the same map.
-        `halo_core_px`: core side of halo tiles (multiple of 32)."""
+        `halo_core_px`: core side of halo tiles (multiple of 32). `check_calibration_mode`: warn
+        when the thresholds were made in the other kind of map (off for calibration itself)."""
         self.bundle = bundle
         self.preprocessor = preprocessor
         self.backend = create_backend(
@@ -127,6 +134,13 @@ class Inspector:
             core_px=halo_core_px,
         )
         self.mm_per_px: float | None = None
+        made_in = bundle.meta.calibration.inference_mode
+        if check_calibration_mode and map_kind(mode) != made_in:
+            log.warning(
+                "%s: thresholds were calibrated in %s mode but inference runs in %s mode, whose maps "
+                "differ at tile borders: run 'aoi calibrate --mode %s'",
+                bundle.path, made_in, mode, mode,
+            )  # fmt: skip
 
     @property
     def calibration(self) -> Calibration:

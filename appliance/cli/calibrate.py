@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.cli.common import add_progress_flag, existing_dir, print_json
+from appliance.cli.common import add_mode_flag, add_progress_flag, existing_dir, print_json
 from appliance.errors import ConfigError
 
 
@@ -64,6 +64,7 @@ def _threshold_args(p: argparse.ArgumentParser) -> None:
         help="blobs smaller than this never make NG (mm^2; the line converts it with its pixel scale)",
     )
     p.add_argument("--backend", default="auto", help="inference backend")
+    add_mode_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run_threshold)
 
@@ -98,7 +99,7 @@ def run_threshold(args: argparse.Namespace) -> int:
     from pipelines.bundle import Calibration, load_bundle, update_meta
     from pipelines.data import list_images
     from pipelines.evaluation import analyse_paths
-    from pipelines.inspector import Inspector
+    from pipelines.inspector import Inspector, map_kind
 
     if not args.bundle or not args.good:
         raise ConfigError(
@@ -115,7 +116,7 @@ def run_threshold(args: argparse.Namespace) -> int:
         if value is not None and not value >= 0:
             raise ConfigError(f"{flag} {value} must be zero or a positive area")
     bundle = load_bundle(args.bundle)
-    inspector = Inspector(bundle, backend=args.backend)
+    inspector = Inspector(bundle, backend=args.backend, mode=args.mode, check_calibration_mode=False)
     good_paths = list_images(existing_dir(args.good, what="--good"))
     if not good_paths:
         raise ConfigError(f"--good {args.good} contains no images")
@@ -183,6 +184,7 @@ def run_threshold(args: argparse.Namespace) -> int:
         if args.min_defect_area_mm2 is not None
         else old.min_defect_area_mm2,
         global_gain=alignment.gain if alignment is not None else 1.0,
+        inference_mode=map_kind(args.mode),
         method=result.method,
         details={
             **result.to_dict(),

@@ -29,6 +29,17 @@ def parse_size(value: str, *, option: str) -> tuple[int, int]:
     return w, h
 
 
+def add_mode_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=("tiles", "whole", "halo", "auto"),
+        default="tiles",
+        help="inference mode: tiles (blended, the default), whole frame, halo tiles (the whole frame's "
+        "map with bounded memory) or auto (whole if it fits in memory, else halo); whole, halo and "
+        "auto give one map, tiles another: calibrate in the mode the line runs",
+    )
+
+
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
 

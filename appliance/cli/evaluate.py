@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from appliance.cli.common import add_progress_flag, existing_dir, print_json
+from appliance.cli.common import add_mode_flag, add_progress_flag, existing_dir, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most N test images (evenly spread)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    add_mode_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     root = existing_dir(args.data, what="--data")
     bundle = load_bundle(args.bundle)
-    inspector = Inspector(bundle, backend=args.backend, threads=args.threads)
+    inspector = Inspector(bundle, backend=args.backend, threads=args.threads, mode=args.mode)
     result = evaluate_dataset(inspector, root, progress=not args.no_progress, limit=args.limit)
     result = {"bundle": str(bundle.path), "family": bundle.meta.family, "data": str(root), **result}
     if args.out:

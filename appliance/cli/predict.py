@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.cli.common import add_progress_flag, existing_dir
+from appliance.cli.common import add_mode_flag, add_progress_flag, existing_dir
 from appliance.errors import ConfigError
 
 
@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         default=None,
         help="pixel scale (mm/px); needed when the bundle sets a minimum defect area in mm^2",
     )
+    add_mode_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -43,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--input {root} contains no images (png, jpg, bmp, tif)")
     if args.mm_per_px is not None and not args.mm_per_px > 0:
         raise ConfigError(f"--mm-per-px {args.mm_per_px} must be a positive number of mm per pixel")
-    inspector = Inspector(load_bundle(args.bundle), backend=args.backend, threads=args.threads)
+    inspector = Inspector(
+        load_bundle(args.bundle), backend=args.backend, threads=args.threads, mode=args.mode
+    )
     min_area_in_px(inspector.calibration, args.mm_per_px)  # refuse before writing anything
     out = Path(args.out)
     (out / "maps").mkdir(parents=True, exist_ok=True)

@@ -89,3 +89,27 @@ def test_mistakes_get_one_line_and_leave_the_bundle_alone(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert (bundle / "bundle.yaml").read_bytes() == before
+
+
+def test_the_calibration_mode_is_recorded_and_a_mismatch_is_warned(
+    tiny_print_bundle: tuple[Path, Path],
+    bundle: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whole, halo and auto give one map and blended tiles another: thresholds made in one kind
+    are flagged when the inspector runs in the other."""
+    from pipelines.inspector import Inspector
+
+    data = tiny_print_bundle[0]
+    argv = ["calibrate", "--bundle", str(bundle), "--good", str(data / "test" / "good"), "--no-progress"]
+    assert main([*argv, "--target-frr", "0.05", "--mode", "halo"]) == 0
+    b = load_bundle(bundle)
+    assert b.meta.calibration.inference_mode == "whole"
+    assert "calibrated in" not in caplog.text  # calibrating anew does not warn about the old mode
+    with caplog.at_level("WARNING", logger="pipelines.inspector"):
+        Inspector(b, backend="torch", mode="whole")
+        assert not caplog.records
+        Inspector(b, backend="torch")
+    assert "calibrated in whole mode but inference runs in tiles mode" in caplog.text
+    assert "aoi calibrate --mode tiles" in caplog.text

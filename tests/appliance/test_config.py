@@ -57,6 +57,7 @@ def test_defaults_and_paths_relative_to_data_dir(tmp_path: Path) -> None:
         ({"control": {"token": "short"}}, "control.token"),
         ({"line": {"stats_window": 1}}, "line.stats_window"),
         ({"records": {"batch_size": 0}}, "records.batch_size"),
+        ({"inspection": {"bundle": "b", "mode": "fast"}}, r"inspection.mode.*'halo' or 'auto'"),
         ({"archive": {"heatmap_min": 3, "heatmap_max": 1}}, "heatmap_max"),
         ({"service": {"stall_s": 1}, "inspection": {"bundle": "b", "deadline_ms": 2000}}, "service.stall_s"),
     ],

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from appliance.cli import main
 from drivers.camera.scene import SceneRenderer
 from pipelines.bundle import Bundle, load_bundle
-from pipelines.errors import ModelError
+from pipelines.errors import ModelError, PipelineError
 from pipelines.export import export_onnx
 from pipelines.inspector import Inspector
 from pipelines.metrics import image_auroc
@@ -175,6 +175,16 @@ def test_export_parity_with_onnxruntime(bundle: Bundle) -> None:
         a, b = torch_insp.analyse(img), ort_insp.analyse(img)
         assert float(np.abs(a.anomaly_map - b.anomaly_map).max()) <= ATOL
         assert abs(a.score - b.score) <= ATOL
+
+
+def test_too_wide_a_receptive_field_refuses_halo_tiles(bundle: Bundle) -> None:
+    """The teacher's deepest tap sees more than 512 px: no halo makes tiles exact, so the export
+    records no radius, halo mode says why, and auto falls back to blended tiles."""
+    assert bundle.meta.exports["onnx"]["receptive_radius_px"] is None
+    with pytest.raises(PipelineError, match="too wide for halo tiles"):
+        Inspector(bundle, backend="onnxruntime", mode="halo")
+    auto = Inspector(bundle, backend="onnxruntime", mode="auto")
+    assert auto.analyser.halo_px is None and auto.analyser.mode_for(10**5, 10**5) == "tiles"
 
 
 @pytest.mark.parametrize(
