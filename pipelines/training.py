@@ -175,11 +175,10 @@ class CropSampler:
     def sample_uint8(self, n: int) -> np.ndarray:
         """(n, crop, crop, 3) uint8 crops, as `sample` draws them; (n, crop, crop, 6) with a
         reference: each crop, then the reference's crop at the same place."""
-        ref = self.reference
-        out = np.empty((n, self.crop_px, self.crop_px, 3 if ref is None else 6), np.uint8)
+        out = np.empty((n, self.crop_px, self.crop_px, 3 if self.reference is None else 6), np.uint8)
         c = self.crop_px
         for i in range(n):
-            img = self.images[int(self.rng.integers(len(self.images)))]
+            img, ref = self.images[int(self.rng.integers(len(self.images)))], self.reference
             h, w = img.shape[:2]
             if h < c or w < c:
                 pad = ((0, max(0, c - h)), (0, max(0, c - w)), (0, 0))

@@ -43,3 +43,18 @@ def test_with_margin_reflects_like_inference() -> None:
     assert np.array_equal(padded[2:7, 2:8], img)
     assert np.array_equal(padded[0, 2:8], img[2]) and np.array_equal(padded[2:7, 0], img[:, 2])
     assert with_margin(img, 0) is img
+
+
+def test_crops_with_a_reference_come_from_the_same_place() -> None:
+    """Golden-reference training: every crop carries the reference frame's crop at its place, also
+    where a frame is smaller than a crop (padded alike). The reference is the frame's negative, so
+    a crop from the same place is exactly 255 minus the image crop, and from anywhere else is not."""
+    from pipelines.training import CropSampler
+
+    frame = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    for crop in (32, 64):  # 64: larger than the frame with its margin on one side
+        sampler = CropSampler([frame], crop_px=crop, seed=1, margin_px=8, reference=255 - frame)
+        out = sampler.sample_uint8(30)
+        assert out.shape == (30, crop, crop, 6)
+        np.testing.assert_array_equal(out[..., 3:], 255 - out[..., :3])
+        assert len({out[k, 0, 0, 0] for k in range(30)}) > 1  # the places vary
