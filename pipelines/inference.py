@@ -140,7 +140,7 @@ class TiledAnalyser:
         self.halo_px = halo_px
         self.core_px = core_px
         self.reference_frame = reference_frame
-        self._reference_tiles: tuple[tuple[int, int], np.ndarray] | None = None
+        self._reference_tiles: np.ndarray | None = None  # the reference as tiles cut it, in [0, 1]
         self.mode = mode
         self.whole_bytes_per_px = whole_bytes_per_px
         self.infer = infer
@@ -240,10 +240,7 @@ class TiledAnalyser:
         h, w = rgb.shape[:2]
         m = self.margin_px
         ref = self._padded_reference(h, w)
-        if m:
-            rgb = np.pad(rgb, ((m, m), (m, m), (0, 0)), mode="reflect")
-        plan = self.plan(rgb.shape[0], rgb.shape[1])
-        img = plan.padded(rgb)
+        plan, img = self._tiled(rgb)
         t = plan.tile_px
         positions = plan.positions()
         # Each tile is scaled straight from the frame into one reused float buffer (one pass, no
@@ -262,6 +259,15 @@ class TiledAnalyser:
         stitched = plan.stitch(maps)
         return stitched[m : m + h, m : m + w] if m else stitched
 
+    def _tiled(self, rgb: np.ndarray) -> tuple[TilePlan, np.ndarray]:
+        """The tile plan of a frame and the frame as tiles cut it: reflect-padded by the margin,
+        then padded to the plan."""
+        m = self.margin_px
+        if m:
+            rgb = np.pad(rgb, ((m, m), (m, m), (0, 0)), mode="reflect")
+        plan = self.plan(rgb.shape[0], rgb.shape[1])
+        return plan, plan.padded(rgb)
+
     def _padded_reference(self, h: int, w: int) -> np.ndarray | None:
         """The reference frame padded as a frame of this size is, scaled to [0, 1] (cached)."""
         if self.reference_frame is None:
@@ -272,14 +278,10 @@ class TiledAnalyser:
                 f"a {w}x{h} frame does not match the model's {rw}x{rh} golden reference frame: "
                 "align frames to the golden template (calibration template) or retrain"
             )
-        if self._reference_tiles is None or self._reference_tiles[0] != (h, w):
-            m = self.margin_px
-            ref = self.reference_frame
-            if m:
-                ref = np.pad(ref, ((m, m), (m, m), (0, 0)), mode="reflect")
-            padded = self.plan(ref.shape[0], ref.shape[1]).padded(ref)
-            self._reference_tiles = ((h, w), padded.astype(np.float32) * self.input_scale)
-        return self._reference_tiles[1]
+        if self._reference_tiles is None:  # frames all have the reference's size: one padding
+            _, padded = self._tiled(self.reference_frame)
+            self._reference_tiles = padded.astype(np.float32) * self.input_scale
+        return self._reference_tiles
 
     def __call__(self, rgb: np.ndarray) -> Analysis:
         mode = self.mode_for(rgb.shape[0], rgb.shape[1])

@@ -94,10 +94,8 @@ def patch_bank(features: torch.Tensor, k: int) -> torch.Tensor:
     The features are zero-padded by K-1 on the bottom and right, the same
     padding `RBFRM` gives its input, so sides that are not multiples of K
     keep their last, partial patch."""
-    c = features.shape[1]
-    p = F.pad(features, (0, k - 1, 0, k - 1))
-    cols = F.unfold(p, kernel_size=k, stride=k)  # (1, C*K*K, N)
-    return cols[0].T.reshape(-1, c, k, k).contiguous()
+    rows, _, _ = _patch_rows(features, k)
+    return rows[0].reshape(-1, features.shape[1], k, k).contiguous()
 
 
 class RBFRM(nn.Module):
@@ -164,8 +162,8 @@ class RBFRM(nn.Module):
 
 
 def _patch_rows(f: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
-    """(B, C, h, w) -> (B, ceil(h/k)*ceil(w/k), C*k*k) non-overlapping KxK patches as rows, zero-padded
-    on the bottom and right as `patch_bank` pads (and the same C, ky, kx order)."""
+    """(B, C, h, w) -> (B, ceil(h/k)*ceil(w/k), C*k*k) non-overlapping KxK patches as rows (C, ky, kx
+    order), zero-padded on the bottom and right: the stored banks and the per-sample ones alike."""
     # Python ints, so an exported graph holds constants (golden mode runs fixed-size tiles only).
     c, h, w = (int(v) for v in f.shape[1:])
     hk, wk = -(-h // k), -(-w // k)
