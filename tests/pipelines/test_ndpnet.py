@@ -9,14 +9,25 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.backbone import frozen_features
 from pipelines.bundle import Bundle, load_bundle, write_bundle
 from pipelines.data import list_images, read_image
 from pipelines.datasets.synth import write_mvtec_dataset
 from pipelines.errors import DataError, ModelError
 from pipelines.export import export_onnx
 from pipelines.inspector import Inspector
+from pipelines.models.base import upsample_to
 from pipelines.models.ndpnet.defects import DefectMaker, perlin_mask, procedural_texture
-from pipelines.models.ndpnet.model import RBFRM, MeanFilter, MedianFilter, NDPNet, patch_bank
+from pipelines.models.ndpnet.model import (
+    PERCEPTUAL_TAPS,
+    RBFRM,
+    SEG_STAGES,
+    MeanFilter,
+    MedianFilter,
+    NDPNet,
+    parse_segmentation,
+    patch_bank,
+)
 from pipelines.models.ndpnet.train import defect_perception_loss, focal_loss
 from pipelines.training import train_bundle
 
@@ -41,7 +52,10 @@ def _net(**kw: object) -> NDPNet:
     return net.eval()
 
 
-@pytest.mark.parametrize("segmentation", ["msdsm", "pixel", "msdsm+pixel"])
+@pytest.mark.parametrize(
+    "segmentation",
+    ["msdsm", "pixel", "msdsm+pixel", "perception", "msdsm+pixel+perception", "pixel+perception+perceptual"],
+)
 @pytest.mark.parametrize("rbam", [True, False])
 def test_shapes_for_tiles_and_non_square_frames(segmentation: str, rbam: bool) -> None:
     net = _net(segmentation=segmentation, rbam=rbam)
@@ -75,6 +89,76 @@ def test_msdsm_plus_pixel_is_the_sum_of_the_two_maps_on_their_own_scales() -> No
         torch.testing.assert_close(both(x), seg(x) + pix(x))
         # each channel is filtered on its own: the median of the pair is not mixed across maps
         torch.testing.assert_close(raw[:, 1:2], pix.raw_map(x))
+
+
+def test_perception_map_is_the_mean_of_the_encoder_stage_differences_on_their_own_scales() -> None:
+    """ "perception": per MSDSM stage, mean_c (enc(x) - enc(rec))^2, filtered, on its own scale, averaged."""
+    torch.manual_seed(0)
+    net = _net(segmentation="perception")
+    assert net.channels == ["perception0", "perception1", "perception2"]
+    q = np.array([[0.0, 0.5], [0.1, 0.3], [0.02, 2.0]], np.float32)
+    net.set_quantiles(q)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        feats, _, rec = net.reconstruct(x)
+        fr = net.encoder(rec, depth=3)
+        want = torch.zeros(2, 1, 64, 96)
+        for k, i in enumerate(SEG_STAGES):
+            d = upsample_to(((feats[i] - fr[i]) ** 2).mean(1, keepdim=True), x)
+            d = net.median_filter(net.mean_filter(d))
+            want += (d - float(q[k, 0])) / float(q[k, 1] - q[k, 0]) / 3
+        torch.testing.assert_close(net(x), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelError, match="2 map quantiles for 3 channels"):
+        net.set_quantiles(q[:2])
+
+
+def test_three_part_map_is_the_sum_of_its_parts_with_the_same_weights() -> None:
+    torch.manual_seed(0)
+    full = _net(segmentation="msdsm+pixel+perception")
+    assert full.channels == ["msdsm", "pixel", "perception0", "perception1", "perception2"]
+    full.set_quantiles(np.array([[0.1, 0.6], [0.01, 0.05], [0.0, 1.0], [0.0, 2.0], [0.5, 1.5]], np.float32))
+    two, per = _net(segmentation="msdsm+pixel"), _net(segmentation="perception")
+    state = full.state_dict()
+    two.load_state_dict({k: v for k, v in state.items() if not k.startswith("norm_perception")})
+    per.load_state_dict(
+        {
+            **{k: v for k, v in state.items() if not k.startswith(("msdsm.", "norm"))},
+            "norm.q": state["norm_perception0.q"],
+            "norm_perception1.q": state["norm_perception1.q"],
+            "norm_perception2.q": state["norm_perception2.q"],
+        }
+    )
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(full(x), two(x) + per(x), rtol=1e-4, atol=1e-5)
+
+
+def test_perceptual_map_is_the_pretrained_networks_cosine_distance_averaged_over_its_taps() -> None:
+    torch.manual_seed(0)
+    net = _net(segmentation="perceptual")
+    assert net.lite is not None and net.channels == ["perceptual"]
+    lite = frozen_features("efficientnet-lite0", taps=PERCEPTUAL_TAPS)
+    net.lite.load_state_dict(lite.state_dict())
+    net.train()
+    assert not net.lite.training and net.encoder.training  # the pretrained network stays frozen
+    net.eval()
+    net.set_quantiles(np.array([[0.02, 0.2]], np.float32))
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        _, _, rec = net.reconstruct(x)
+        d = torch.zeros(2, 1, 64, 96)
+        for a, b in zip(lite(x), lite(rec), strict=True):
+            d += upsample_to(1 - torch.nn.functional.cosine_similarity(a, b, dim=1).unsqueeze(1), x) / 5
+        want = (net.median_filter(net.mean_filter(d)) - 0.02) / 0.18
+        torch.testing.assert_close(net(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_segmentation_parts_are_parsed_in_channel_order_and_checked() -> None:
+    assert parse_segmentation("perception+msdsm") == ("msdsm", "perception")
+    assert _net(segmentation="pixel+msdsm").segmentation == "msdsm+pixel"
+    for bad in ("msdsm+msdsm", "msdsm+diff", "", "msdsm+"):
+        with pytest.raises(ModelError, match="'\\+'-list of distinct parts"):
+            parse_segmentation(bad)
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -200,8 +284,12 @@ def bundle(paper: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 def test_bundle_holds_the_reference_and_separates_an_obvious_defect(bundle: Bundle, paper: Path) -> None:
     meta = bundle.meta
     assert meta.family == "ndpnet"
-    assert meta.params["rbam"] is True and meta.params["segmentation"] == "msdsm+pixel"  # the fast profile
-    assert len(meta.training["map_quantiles"]) == 2  # both maps have their held-out scale
+    # the fast profile's map: the MSDSM, the pixel difference and the pretrained network's (5 taps)
+    assert meta.params["rbam"] is True and meta.params["segmentation"] == "msdsm+pixel+perceptual"
+    assert len(meta.training["map_quantiles"]) == 3  # every raw channel has its held-out scale
+    pretrained = frozen_features("efficientnet-lite0", taps=PERCEPTUAL_TAPS).state_dict()
+    for key, value in pretrained.items():  # the perceptual part's network is the pretrained one
+        np.testing.assert_array_equal(bundle.tensors["net.lite." + key], value.numpy())
     assert meta.training["reference"]["method"] == "medoid"
     ref = bundle.tensors["net.ref_image"]
     assert ref.shape == (1, 3, 64, 64) and ref.std() > 0  # a real training tile, not zeros
@@ -247,6 +335,7 @@ def test_ablation_switches(paper: Path, tmp_path: Path) -> None:
     assert meta.params["rbam"] is False and meta.params["segmentation"] == "pixel"
     assert meta.training["settings"]["def_per_weight"] == 0.0
     assert not any(k.startswith("net.rbam.") or k.startswith("net.msdsm.") for k in load_bundle(out).tensors)
+    assert not any(k.startswith("net.lite.") for k in load_bundle(out).tensors)  # no perceptual part
 
 
 def test_time_budget_trains_each_phase_for_its_share(paper: Path, tmp_path: Path) -> None:
@@ -274,6 +363,7 @@ def test_time_budget_trains_each_phase_for_its_share(paper: Path, tmp_path: Path
     [
         ("rbam", "maybe", "use on or off"),
         ("segmentation", "diff", "msdsm"),
+        ("segmentation", "msdsm+msdsm", "perception"),
         ("anomaly_sources", "dtd", "procedural"),
         ("crop_px", "100", "multiple of 32"),
         ("anomaly_probability", "1.5", "between 0 and 1"),

@@ -22,11 +22,19 @@ one fixed defect-free tile, its patches stored as banks in the bundle) or
 frame's tile at the same place; the network's input then has 6 channels, the
 tile and its golden tile, and the RBFRM cuts the banks per sample in the graph).
 
-`segmentation` picks the map: "msdsm" (the paper), "pixel" (Table VI's
-ablation: the squared pixel difference of input and reconstruction, filtered
-the same way) or "msdsm+pixel" (both, each on its own held-out scale, summed:
-the segmentation heads find the defects the artificial ones taught them, the
-pixel difference whatever the reconstruction could not repair).
+`segmentation` picks the map, a "+"-list of parts, each filtered and put on
+its own held-out scale, then summed: "msdsm" (the paper), "pixel" (Table VI's
+ablation: the squared pixel difference of input and reconstruction),
+"perception" (the encoder's defect perception: per stage of the MSDSM's three,
+the channel mean of the squared difference between the encoder features of
+the input and of its reconstruction, each stage on its own scale, averaged;
+phase 1's L_def_per trains exactly these differences to mark defects) and
+"perceptual" (the perceptual loss's pretrained network: the mean over its
+five taps of the cosine distance between the features of input and
+reconstruction; one channel, so one filter pass: the filters cost about as
+much as the network per channel). The segmentation heads find the defects the
+artificial ones taught them, the other parts whatever the reconstruction could
+not repair.
 
 Every step is written with ONNX-exportable operators (the RBFRM as a strided
 convolution and its transpose, the median as TopK over 25 shifted copies) so
@@ -42,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.backbone import LiteFeatures
 from pipelines.bundle import BundleMeta
 from pipelines.errors import ModelError
 from pipelines.models.base import GlobalBranch, QuantileNorm, load_module_state, upsample_to
@@ -51,7 +60,41 @@ WIDTH_FACTORS = (1, 2, 3, 4, 6)  # stage channels = width * factor
 RBAM_STAGES = (2, 3, 4)  # the three deepest stages (0-based)
 SEG_STAGES = (0, 1, 2)  # MSDSM: the first three stages
 FUSION_WEIGHTS = (0.2, 0.2, 0.6)  # AM1, AM2, AM3
-SEGMENTATIONS = ("msdsm", "pixel", "msdsm+pixel")
+MAP_PARTS = ("msdsm", "pixel", "perception", "perceptual")  # of `segmentation`, in channel order
+PERCEPTUAL_TAPS = (0, 1, 2, 3, 4)  # EfficientNet-Lite0's first five blocks (strides 2, 4, 4, 8, 8)
+
+
+def parse_segmentation(segmentation: str) -> tuple[str, ...]:
+    """The parts of a `segmentation` setting ("msdsm+pixel" -> ("msdsm", "pixel")), in channel order."""
+    parts = [p.strip() for p in str(segmentation).split("+")]
+    if not parts or any(p not in MAP_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ModelError(
+            f"segmentation {segmentation!r}: a '+'-list of distinct parts from {', '.join(MAP_PARTS)} "
+            "(e.g. msdsm, msdsm+pixel, msdsm+pixel+perception)"
+        )
+    return tuple(p for p in MAP_PARTS if p in parts)
+
+
+def map_channels(parts: tuple[str, ...]) -> list[str]:
+    """The raw map's channels for these parts: one per part, one per MSDSM stage for "perception"."""
+    names: list[str] = []
+    for part in parts:
+        names += [f"{part}{i}" for i in range(part_channels(part))] if part_channels(part) > 1 else [part]
+    return names
+
+
+def part_channels(part: str) -> int:
+    """Raw channels of one map part."""
+    return len(SEG_STAGES) if part == "perception" else 1
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w) 1 - cosine similarity over channels, as half the squared distance of the unit
+    vectors: no cancellation where the two nearly agree (1 - dot would lose the small difference
+    in float32, and the held-out scale would magnify it). Plain ONNX operators."""
+    an = a / (a * a).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
+    bn = b / (b * b).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
+    return 0.5 * ((an - bn) ** 2).sum(1, keepdim=True)
 
 
 def stage_channels(width: int) -> tuple[int, ...]:
@@ -312,17 +355,17 @@ class NDPNet(nn.Module):
         fusion_channels: int,
         filter_px: int = 5,
         reference: str = "medoid",
+        backbone: str = "efficientnet-lite0",
     ) -> None:
         super().__init__()
         if reference not in REFERENCES:
             raise ModelError(f"reference {reference!r}: choose one of {', '.join(REFERENCES)}")
         self.golden = reference == "golden"
-        if segmentation not in SEGMENTATIONS:
-            raise ModelError(f"segmentation {segmentation!r}: choose one of {', '.join(SEGMENTATIONS)}")
+        self.parts = parse_segmentation(segmentation)
         self.width = width
         self.tile_px = tile_px
         self.use_rbam = rbam
-        self.segmentation = segmentation
+        self.segmentation = "+".join(self.parts)
         self.encoder = Encoder(width)
         chans = self.encoder.channels
         self.rbam = nn.ModuleList()
@@ -332,13 +375,26 @@ class NDPNet(nn.Module):
                 n2, n4 = (-(-side // 2)) ** 2, (-(-side // 4)) ** 2
                 self.rbam.append(RBAM(chans[i], n2, n4, tau=rbam_tau, fusion_channels=fusion_channels))
         self.decoder = Decoder(width)
-        self.msdsm = MSDSM(width) if segmentation != "pixel" else None
+        self.msdsm = MSDSM(width) if "msdsm" in self.parts else None
+        # "perceptual": the perceptual loss's frozen pretrained network travels in the bundle.
+        self.lite = LiteFeatures(backbone, taps=PERCEPTUAL_TAPS) if "perceptual" in self.parts else None
+        if self.lite is not None:
+            self.lite.requires_grad_(False)
         self.mean_filter = MeanFilter(filter_px)
         self.median_filter = MedianFilter(filter_px)
+        # One held-out scale per raw channel: the first is `norm`, the others `norm_<channel>`
+        # (so "msdsm+pixel" has norm and norm_pixel).
+        self.channels = map_channels(self.parts)
         self.norm = QuantileNorm()
-        # "msdsm+pixel": the pixel difference's own scale (the MSDSM map's is `norm`).
-        self.norm_pixel = QuantileNorm() if segmentation == "msdsm+pixel" else None
+        for name in self.channels[1:]:
+            self.add_module(f"norm_{name}", QuantileNorm())
         self.register_buffer("ref_image", torch.zeros(1, 3, tile_px, tile_px))
+
+    def train(self, mode: bool = True) -> NDPNet:
+        super().train(mode)
+        if self.lite is not None:
+            self.lite.eval()  # frozen: its batch norms keep the pretrained statistics
+        return self
 
     def set_reference(self, ref_image: torch.Tensor) -> None:
         """Store the reference tile and cut its (frozen-encoder) features into the RBFRM banks."""
@@ -390,29 +446,60 @@ class NDPNet(nn.Module):
         r3, r4, r5 = self.repair(feats, self.reference_features(ref))
         return feats, [r3, r4, r5], self.decoder(r3, r4, r5, x)
 
-    def seg_logits(self, feats: list[torch.Tensor], rec: torch.Tensor) -> list[torch.Tensor]:
+    def seg_logits(
+        self, feats: list[torch.Tensor], rec: torch.Tensor, rec_feats: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
         assert self.msdsm is not None
-        fr = self.encoder(rec, depth=len(SEG_STAGES))
+        fr = self.encoder(rec, depth=len(SEG_STAGES)) if rec_feats is None else rec_feats
         return self.msdsm([feats[i] for i in SEG_STAGES], fr)
 
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, t, t) filtered maps before the quantile normalisation: C = 1, or 2 for
-        "msdsm+pixel" (the MSDSM map, then the pixel difference)."""
+        """(B, C, t, t) filtered maps before the quantile normalisation, one channel per entry
+        of `self.channels` (the MSDSM map, the pixel difference, the perception stages, the
+        perceptual distance)."""
         feats, _, rec = self.reconstruct(x)
         x = x[:, :3]
+        needs_fr = "msdsm" in self.parts or "perception" in self.parts
+        fr = self.encoder(rec, depth=len(SEG_STAGES)) if needs_fr else []
         maps = []
         if self.msdsm is not None:
-            maps.append(upsample_to(fuse_maps(self.seg_logits(feats, rec)), x))
-        if self.segmentation != "msdsm":
+            maps.append(upsample_to(fuse_maps(self.seg_logits(feats, rec, fr)), x))
+        if "pixel" in self.parts:
             maps.append(((x - rec) ** 2).mean(1, keepdim=True))
+        if "perception" in self.parts:
+            maps += [upsample_to(((feats[i] - fr[i]) ** 2).mean(1, keepdim=True), x) for i in SEG_STAGES]
+        if self.lite is not None:
+            # The taps' distances share a scale (cosine), so they are averaged before the filters.
+            pairs = zip(self.lite(x), self.lite(rec), strict=True)
+            maps.append(torch.stack([upsample_to(cosine_distance(a, b), x) for a, b in pairs]).mean(0))
         m = maps[0] if len(maps) == 1 else torch.cat(maps, 1)
         return self.median_filter(self.mean_filter(m))
 
+    def channel_norm(self, index: int) -> QuantileNorm:
+        """The held-out scale of raw channel `index`."""
+        module = self.norm if index == 0 else getattr(self, f"norm_{self.channels[index]}")
+        assert isinstance(module, QuantileNorm)
+        return module
+
+    def set_quantiles(self, q: np.ndarray) -> None:
+        """Set every channel's held-out scale from (C, 2) quantiles (`holdout_quantiles`)."""
+        if q.shape != (len(self.channels), 2):
+            raise ModelError(f"{q.shape[0]} map quantiles for {len(self.channels)} channels")
+        for i in range(len(self.channels)):
+            self.channel_norm(i).q.copy_(torch.from_numpy(np.asarray(q[i], np.float32)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.raw_map(x)
-        if self.norm_pixel is None:
-            return self.norm(m)
-        return self.norm(m[:, 0:1]) + self.norm_pixel(m[:, 1:2])
+        out: torch.Tensor | None = None
+        c = 0
+        for part in self.parts:
+            n = part_channels(part)
+            scaled = [self.channel_norm(c + k)(m[:, c + k : c + k + 1]) for k in range(n)]
+            part_map = scaled[0] if n == 1 else torch.stack(scaled).mean(0)
+            out = part_map if out is None else out + part_map
+            c += n
+        assert out is not None
+        return out
 
 
 def net_from_params(params: dict[str, Any], *, tile_px: int) -> NDPNet:
@@ -426,6 +513,7 @@ def net_from_params(params: dict[str, Any], *, tile_px: int) -> NDPNet:
         fusion_channels=int(params["fusion_channels"]),
         filter_px=int(params.get("filter_px", 5)),
         reference=str(params.get("reference", "medoid")),
+        backbone=str(params.get("backbone", "efficientnet-lite0")),
     )
 
 

@@ -37,7 +37,14 @@ from pipelines.data import read_image
 from pipelines.errors import ModelError
 from pipelines.models.base import module_tensors
 from pipelines.models.ndpnet.defects import SOURCES, DefectMaker
-from pipelines.models.ndpnet.model import RBAM_STAGES, REFERENCES, SEGMENTATIONS, net_from_params
+from pipelines.models.ndpnet.model import (
+    MAP_PARTS,
+    PERCEPTUAL_TAPS,
+    RBAM_STAGES,
+    REFERENCES,
+    net_from_params,
+    parse_segmentation,
+)
 from pipelines.training import (
     CropSampler,
     Fitted,
@@ -50,7 +57,6 @@ from pipelines.training import (
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
-PERCEPTUAL_TAPS = (0, 1, 2, 3, 4)  # EfficientNet-Lite0's first five blocks (strides 2, 4, 4, 8, 8)
 SWITCHES = ("on", "off")
 BUDGETS = ("time", "epochs")
 
@@ -61,7 +67,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "width": 16,
         "fusion_channels": 64,
         "rbam": "on",
-        "segmentation": "msdsm+pixel",  # the paper's MSDSM plus the pixel difference (README)
+        "segmentation": "msdsm+pixel+perceptual",  # the paper's MSDSM plus two maps (README)
         "rbam_tau": 0.05,
         "crop_px": 128,
         "batch": 8,
@@ -131,12 +137,16 @@ def check_settings(settings: dict[str, Any]) -> None:
             f"ndpnet setting phase1_share={settings['phase1_share']}: a fraction between 0 and 1 "
             "(the share of the time limit for phase 1)"
         )
-    if settings["segmentation"] not in SEGMENTATIONS:
+    try:
+        parse_segmentation(settings["segmentation"])
+    except ModelError:
         raise ModelError(
-            f"ndpnet setting segmentation={settings['segmentation']!r}: use msdsm (the paper), "
-            "pixel (the ablation: squared pixel difference of input and reconstruction) "
-            "or msdsm+pixel (both, each on its held-out scale, summed)"
-        )
+            f"ndpnet setting segmentation={settings['segmentation']!r}: "
+            f"a '+'-list of {', '.join(MAP_PARTS)}: "
+            "msdsm (the paper), pixel (the ablation: squared pixel difference of input and "
+            "reconstruction), perception (the encoder's feature difference), perceptual (the "
+            "pretrained network's); e.g. msdsm+pixel"
+        ) from None
     sources = tuple(s.strip() for s in str(settings["anomaly_sources"]).split(",") if s.strip())
     if not sources or any(s not in SOURCES for s in sources):
         raise ModelError(
@@ -273,17 +283,20 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     params: dict[str, Any] = {
         "width": int(settings["width"]),
         "rbam": settings["rbam"] == "on",
-        "segmentation": settings["segmentation"],
+        "segmentation": "+".join(parse_segmentation(settings["segmentation"])),
         "rbam_tau": float(settings["rbam_tau"]),
         "fusion_channels": int(settings["fusion_channels"]),
         "filter_px": 5,
         "reference": settings["reference"],
+        "backbone": settings["backbone"],
     }
     golden = None
     if settings["reference"] == "golden":
         golden = golden_frame(str(settings["reference_frame"]), images)
     net = net_from_params(params, tile_px=tile_px)
     lite = frozen_features(settings["backbone"], taps=PERCEPTUAL_TAPS)
+    if net.lite is not None:  # the "perceptual" map part: the same pretrained network
+        net.lite.load_state_dict(lite.state_dict())
     # Golden mode: every crop comes with the golden frame's crop at the same place (6 channels).
     sampler = CropSampler(train, crop_px=crop, seed=seed, reference=golden)
     sources = tuple(s.strip() for s in str(settings["anomaly_sources"]).split(",") if s.strip())
@@ -401,9 +414,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
 
     held_in = held if golden is None else [np.concatenate([img, golden], 2) for img in held]
     q = holdout_quantiles(net.raw_map, held_in, tile_px=tile_px)
-    net.norm.q.copy_(torch.from_numpy(q[0]))
-    if net.norm_pixel is not None:
-        net.norm_pixel.q.copy_(torch.from_numpy(q[1]))
+    net.set_quantiles(q)
     calibration = first_calibration(net, None, held, tile_px=tile_px, reference_frame=golden)
     tensors = module_tensors(net, "net")
     if golden is not None:
