@@ -79,7 +79,7 @@ def map_channels(parts: tuple[str, ...]) -> list[str]:
     """The raw map's channels for these parts: one per part, one per MSDSM stage for "perception"."""
     names: list[str] = []
     for part in parts:
-        names += [f"{part}{i}" for i in range(part_channels(part))] if part_channels(part) > 1 else [part]
+        names += [f"perception{i}" for i in SEG_STAGES] if part == "perception" else [part]
     return names
 
 
