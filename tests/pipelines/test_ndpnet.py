@@ -25,6 +25,7 @@ from pipelines.models.ndpnet.model import (
     MeanFilter,
     MedianFilter,
     NDPNet,
+    _shifted,
     parse_segmentation,
     patch_bank,
 )
@@ -215,6 +216,19 @@ def test_mean_and_median_filters_match_opencv() -> None:
     padded = np.pad(m, 2, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, (5, 5))
     assert np.array_equal(med, np.median(windows, axis=(2, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("levels", [0, 3])  # continuous values; three levels (ties everywhere)
+def test_median_network_equals_topk_median(levels: int) -> None:
+    """The 5x5 sorting network selects the same element as TopK's middle, exactly, and 3x3 (TopK) too."""
+    g = torch.Generator().manual_seed(levels)
+    t = torch.rand(3, 2, 29, 33, generator=g)
+    if levels:
+        t = torch.floor(t * levels)
+    for k in (3, 5):
+        n = k * k
+        topk = torch.topk(_shifted(t.reshape(6, 1, 29, 33), k), n // 2 + 1, dim=1).values[:, n // 2 :]
+        assert torch.equal(MedianFilter(k)(t), topk.reshape(3, 2, 29, 33))
 
 
 def test_artificial_defects_are_composites_inside_their_masks() -> None:

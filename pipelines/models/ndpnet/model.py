@@ -37,7 +37,8 @@ artificial ones taught them, the other parts whatever the reconstruction could
 not repair.
 
 Every step is written with ONNX-exportable operators (the RBFRM as a strided
-convolution and its transpose, the median as TopK over 25 shifted copies) so
+convolution and its transpose, the 5x5 median as a sorting network of minima and
+maxima over 25 shifted copies) so
 the exported graph gives the torch numbers for tiles and whole frames alike.
 """
 
@@ -320,8 +321,128 @@ class MeanFilter(nn.Module):
         return F.avg_pool2d(F.pad(m, (r, r, r, r), mode="replicate"), self.k, stride=1)
 
 
+# The median of 25 values by 99 compare-exchanges (Paeth's network, as in N. Devillard, "Fast median
+# search: an ANSI C implementation", 1998): the middle wire (12) holds the median at the end.
+MEDIAN25_NETWORK = (
+    (0, 1),
+    (3, 4),
+    (2, 4),
+    (2, 3),
+    (6, 7),
+    (5, 7),
+    (5, 6),
+    (9, 10),
+    (8, 10),
+    (8, 9),
+    (12, 13),
+    (11, 13),
+    (11, 12),
+    (15, 16),
+    (14, 16),
+    (14, 15),
+    (18, 19),
+    (17, 19),
+    (17, 18),
+    (21, 22),
+    (20, 22),
+    (20, 21),
+    (23, 24),
+    (2, 5),
+    (3, 6),
+    (0, 6),
+    (0, 3),
+    (4, 7),
+    (1, 7),
+    (1, 4),
+    (11, 14),
+    (8, 14),
+    (8, 11),
+    (12, 15),
+    (9, 15),
+    (9, 12),
+    (13, 16),
+    (10, 16),
+    (10, 13),
+    (20, 23),
+    (17, 23),
+    (17, 20),
+    (21, 24),
+    (18, 24),
+    (18, 21),
+    (19, 22),
+    (8, 17),
+    (9, 18),
+    (0, 18),
+    (0, 9),
+    (10, 19),
+    (1, 19),
+    (1, 10),
+    (11, 20),
+    (2, 20),
+    (2, 11),
+    (12, 21),
+    (3, 21),
+    (3, 12),
+    (13, 22),
+    (4, 22),
+    (4, 13),
+    (14, 23),
+    (5, 23),
+    (5, 14),
+    (15, 24),
+    (6, 24),
+    (6, 15),
+    (7, 16),
+    (7, 19),
+    (13, 21),
+    (15, 23),
+    (7, 13),
+    (7, 15),
+    (1, 9),
+    (3, 11),
+    (5, 17),
+    (11, 17),
+    (9, 17),
+    (4, 10),
+    (6, 12),
+    (7, 14),
+    (4, 6),
+    (4, 7),
+    (12, 14),
+    (10, 14),
+    (6, 7),
+    (10, 12),
+    (6, 10),
+    (6, 17),
+    (12, 17),
+    (7, 17),
+    (7, 10),
+    (12, 18),
+    (7, 12),
+    (10, 18),
+    (12, 20),
+    (10, 20),
+    (10, 12),
+)
+
+
+def _median_plan(network: tuple[tuple[int, int], ...], out: int) -> list[tuple[int, int, bool, bool]]:
+    """The compare-exchanges that reach wire `out`, each with which of its min and max is used later."""
+    live, plan = {out}, []
+    for a, b in reversed(network):
+        if a in live or b in live:
+            plan.append((a, b, a in live, b in live))
+            live |= {a, b}
+    return plan[::-1]
+
+
+MEDIAN25_PLAN = _median_plan(MEDIAN25_NETWORK, 12)  # 99 compare-exchanges, 174 elementwise min/max
+
+
 class MedianFilter(nn.Module):
-    """k x k median with replicate borders: the middle of the k*k neighbours by TopK (exports to ONNX)."""
+    """k x k median with replicate borders (exports to ONNX). For k = 5 a sorting network of
+    elementwise minima and maxima over the 25 shifted copies (exact; about 8x faster than TopK
+    on the CPU, in torch and onnxruntime alike); other k: the middle of the k*k neighbours by TopK."""
 
     def __init__(self, k: int = 5) -> None:
         super().__init__()
@@ -330,6 +451,21 @@ class MedianFilter(nn.Module):
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         if m.shape[1] > 1:  # each channel on its own
             return torch.cat([self(m[:, c : c + 1]) for c in range(m.shape[1])], 1)
+        if self.k == 5:
+            r = self.k // 2
+            p = F.pad(m, (r, r, r, r), mode="replicate")
+            h, w = m.shape[2], m.shape[3]
+            v: list[torch.Tensor | None] = [
+                p[:, :, dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)
+            ]
+            for a, b, need_min, need_max in MEDIAN25_PLAN:
+                va, vb = v[a], v[b]
+                assert va is not None and vb is not None
+                v[a] = torch.minimum(va, vb) if need_min else None
+                v[b] = torch.maximum(va, vb) if need_max else None
+            out = v[12]
+            assert out is not None
+            return out
         n = self.k * self.k
         top = torch.topk(_shifted(m, self.k), n // 2 + 1, dim=1).values
         return top[:, n // 2 : n // 2 + 1]
