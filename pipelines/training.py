@@ -229,8 +229,11 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 def coerce_setting(key: str, value: Any, default: Any) -> Any:
     """A `--set KEY=VALUE` value in the type of the profile's default; `ModelError` names the key."""
-    if not isinstance(value, str) or isinstance(default, list | tuple) or default is None:
+    if not isinstance(value, str) or default is None:
         return value
+    if isinstance(default, list | tuple):  # "3,4" -> [3, 4], each item in the type of the first default
+        items = [v for v in value.split(",") if v.strip()]
+        return [coerce_setting(key, v, default[0]) if default else v.strip() for v in items]
     text = value.strip()
     if isinstance(default, bool):
         if text.lower() in _TRUE:

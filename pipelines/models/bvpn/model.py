@@ -20,7 +20,7 @@ from pipelines.backbone import LiteFeatures
 from pipelines.bundle import BundleMeta
 from pipelines.models.base import GaussianBlur, GlobalBranch, load_module_state, upsample_to
 
-TAPS = (4, 10)  # EfficientNet-Lite0: 40 channels at stride 8, 112 at stride 16
+TAPS = (4, 10)  # EfficientNet-Lite0: 40 channels at stride 8, 112 at stride 16 (bundles before `taps`)
 
 
 def _conv(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
@@ -33,9 +33,9 @@ class Teacher(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, backbone: str) -> None:
+    def __init__(self, backbone: str, taps: tuple[int, ...] = TAPS) -> None:
         super().__init__()
-        self.features = LiteFeatures(backbone, taps=TAPS)
+        self.features = LiteFeatures(backbone, taps=taps)
         self.dim = sum(self.features.channels)
         self.register_buffer("mean", torch.zeros(1, self.dim, 1, 1))
         self.register_buffer("std", torch.ones(1, self.dim, 1, 1))
@@ -50,18 +50,19 @@ class Teacher(nn.Module):
 
 
 class FocusStudent(nn.Module):
-    """Central vision: a small receptive field (31 px) at stride 8.
+    """Central vision: a small receptive field at stride 8 (15 + 16 * `convs` px: 31 px with one
+    3x3 convolution at stride 8, 79 px with four).
 
     Outputs 2*dim channels: the teacher's features (focus map) and the
     autoencoder's output (peripheral map), as in EfficientAD's student."""
 
-    def __init__(self, dim: int, width: int) -> None:
+    def __init__(self, dim: int, width: int, convs: int = 1) -> None:
         super().__init__()
         self.net = nn.Sequential(
             _conv(3, width // 2, 3, 2),
             _conv(width // 2, width, 3, 2),
             _conv(width, 2 * width, 3, 2),
-            _conv(2 * width, 2 * width, 3),
+            *[_conv(2 * width, 2 * width, 3) for _ in range(convs)],
             nn.Conv2d(2 * width, 2 * dim, 1),
         )
 
@@ -109,12 +110,14 @@ class BVPNTileNet(nn.Module):
         latent: int,
         blur_sigma_px: float,
         modules: tuple[str, ...],
+        taps: tuple[int, ...] = TAPS,
+        student_convs: int = 1,
     ) -> None:
         super().__init__()
-        self.teacher = Teacher(backbone)
+        self.teacher = Teacher(backbone, taps)
         dim = self.teacher.dim
         self.dim = dim
-        self.student = FocusStudent(dim, width)
+        self.student = FocusStudent(dim, width, student_convs)
         self.ae = PeripheralAE(dim, ae_width, latent)
         self.blur = GaussianBlur(blur_sigma_px)
         # rows: focus, peripheral; columns: q_low, q_high of held-out good maps
@@ -149,6 +152,8 @@ def build_tile_net(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> BVPNTile
         latent=int(p["latent"]),
         blur_sigma_px=float(p["blur_sigma_px"]),
         modules=tuple(p["modules"]),
+        taps=tuple(int(t) for t in p.get("taps", TAPS)),
+        student_convs=int(p.get("student_convs", 1)),
     )
     load_module_state(net, tensors, "net")
     return net.eval()

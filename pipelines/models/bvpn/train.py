@@ -21,7 +21,7 @@ import torch
 from pipelines.backbone import frozen_features
 from pipelines.models.base import module_tensors
 from pipelines.models.bvpn.logical import fit_logical
-from pipelines.models.bvpn.model import TAPS, BVPNTileNet
+from pipelines.models.bvpn.model import BVPNTileNet
 from pipelines.training import (
     CropSampler,
     Fitted,
@@ -39,6 +39,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: <= 10 min for 500 images at 256x256.
     "fast": {
         "backbone": "efficientnet-lite0",
+        "taps": [4, 10],
+        "student_convs": 1,
         "width": 64,
         "ae_width": 64,
         "latent": 64,
@@ -60,6 +62,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # For a GPU (or a patient CPU): wider networks, full-size crops, longer.
     "full": {
         "backbone": "efficientnet-lite0",
+        "taps": [4, 10],
+        "student_convs": 1,
         "width": 128,
         "ae_width": 96,
         "latent": 64,
@@ -94,6 +98,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         raise ModelError(f"BVPN modules must include focus or peripheral, from {MODULES}; got {modules}")
     train, held = split_holdout(images, fraction=0.1, seed=seed)
     tile_px = int(settings["tile_px"])
+    taps = tuple(int(t) for t in settings["taps"])
     net = BVPNTileNet(
         backbone=settings["backbone"],
         width=int(settings["width"]),
@@ -101,8 +106,10 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         latent=int(settings["latent"]),
         blur_sigma_px=float(settings["blur_sigma_px"]),
         modules=modules,
+        taps=taps,
+        student_convs=int(settings["student_convs"]),
     )
-    teacher_feats = frozen_features(settings["backbone"], taps=TAPS)
+    teacher_feats = frozen_features(settings["backbone"], taps=taps)
     net.teacher.features.load_state_dict(teacher_feats.state_dict())
     net.teacher.eval()
     for p in net.teacher.parameters():
@@ -155,6 +162,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         "latent": int(settings["latent"]),
         "blur_sigma_px": float(settings["blur_sigma_px"]),
         "modules": list(modules),
+        "taps": list(taps),
+        "student_convs": int(settings["student_convs"]),
     }
     tensors = module_tensors(net, "net")
     logical = None
