@@ -131,6 +131,7 @@ def test_network_is_deterministic_in_eval_and_masked_in_training() -> None:
         ("mask_block_px", "24", "multiple of 16"),
         ("crop_px", "80", "multiple of 32"),
         ("decoder_widths", "8,16", "3 whole numbers"),
+        ("teacher_norm", "ema", "teacher_norm='ema': choose one of standard, none"),
         ("nonsense", "1", "unknown setting 'nonsense'"),
     ],
 )
@@ -198,10 +199,20 @@ def test_tiny_training_writes_a_bundle_that_separates_an_obvious_defect(
 def test_ablation_switches_reach_the_bundle(paper: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
     args = ["train", "--model", "ikdff", "--data", str(paper), "--out", str(out), "--no-progress", *TINY]
-    assert main([*args, "--set", "attention=off", "--set", "feature_mask=off", "--set", "iterations=2"]) == 0
+    switches = ["--set", "attention=off", "--set", "feature_mask=off", "--set", "teacher_norm=none"]
+    assert main([*args, *switches, "--set", "iterations=2"]) == 0
     b = load_bundle(out)
     assert b.meta.params["attention"] is False and b.meta.params["feature_mask_in_training"] is False
     assert not any(k.startswith("net.fusion.spatial_logits") for k in b.tensors)
+    # teacher_norm=none: raw pretrained features, the standardisation stays the identity
+    assert b.meta.params["teacher_norm"] == "none"
+    assert not b.tensors["net.teacher.mean0"].any() and (b.tensors["net.teacher.std2"] == 1).all()
+
+
+def test_teacher_is_standardised_by_default(bundle: Bundle) -> None:
+    assert bundle.meta.params["teacher_norm"] == "standard"
+    std = bundle.tensors["net.teacher.std0"]
+    assert bundle.tensors["net.teacher.mean0"].any() and not np.allclose(std, 1.0)
 
 
 def test_export_parity_with_onnxruntime(bundle: Bundle, paper: Path) -> None:

@@ -41,6 +41,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "feature_mask": "on",
         "mask_ratio": 0.3,
         "mask_block_px": 32,
+        "teacher_norm": "standard",  # or none: raw pretrained features, as reverse distillation
         "fuse_width": 128,
         "embed": 256,
         "decoder_widths": [32, 64, 128],
@@ -60,6 +61,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "feature_mask": "on",
         "mask_ratio": 0.3,
         "mask_block_px": 32,
+        "teacher_norm": "standard",
         "fuse_width": 256,
         "embed": 512,
         "decoder_widths": [48, 96, 192],
@@ -127,8 +129,12 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     for key in ("lr", "max_minutes", "blur_sigma_px"):
         if not float(settings[key]) > 0:
             raise ModelError(f"setting {key}={settings[key]}: must be > 0")
+    norm = str(settings["teacher_norm"])
+    if norm not in TEACHER_NORMS:
+        raise ModelError(f"setting teacher_norm={norm!r}: choose one of {', '.join(TEACHER_NORMS)}")
     return {
         "backbone": str(settings["backbone"]),
+        "teacher_norm": norm,
         "attention": switch(settings, "attention"),
         "feature_mask": switch(settings, "feature_mask"),
         "mask_ratio": ratio,
@@ -146,6 +152,9 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         "checkpoint_every": _positive_int(settings, "checkpoint_every", 0),
         "tile_px": int(settings["tile_px"]),
     }
+
+
+TEACHER_NORMS = ("standard", "none")
 
 
 def distillation_loss(t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:
@@ -198,7 +207,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     net = build_net(s)
     sampler = CropSampler(train, crop_px=s["crop_px"], seed=seed)
     net.eval()
-    fit_teacher_statistics(net, sampler)
+    if s["teacher_norm"] == "standard":
+        fit_teacher_statistics(net, sampler)  # else the standardisation stays the identity (0, 1)
 
     params = net.student_parameters()
     opt = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
@@ -247,6 +257,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         "decoder_widths": list(s["decoder_widths"]),
         "attention": s["attention"],
         "feature_mask_in_training": s["feature_mask"],
+        "teacher_norm": s["teacher_norm"],  # for the record: the stored buffers carry it
         "blur_sigma_px": s["blur_sigma_px"],
     }
     calibration = first_calibration(net, None, held, tile_px=s["tile_px"])
