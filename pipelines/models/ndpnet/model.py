@@ -441,7 +441,7 @@ MEDIAN25_PLAN = _median_plan(MEDIAN25_NETWORK, 12)  # 99 compare-exchanges, 174 
 
 class MedianFilter(nn.Module):
     """k x k median with replicate borders (exports to ONNX). For k = 5 a sorting network of
-    elementwise minima and maxima over the 25 shifted copies (exact; about 8x faster than TopK
+    elementwise minima and maxima over the 25 shifted copies (exact; 6 to 8 times faster than TopK
     on the CPU, in torch and onnxruntime alike); other k: the middle of the k*k neighbours by TopK."""
 
     def __init__(self, k: int = 5) -> None:
