@@ -99,6 +99,9 @@ def test_auto_weights_the_tile_modules_by_their_pseudo_defect_auroc(tiny_print: 
     aurocs = [info["pseudo_auroc"]["focus"], info["pseudo_auroc"]["peripheral"]]
     weights = b.tensors["net.weights"].tolist()
     assert weights == pytest.approx(info["weights"], abs=1e-4) and max(weights) == pytest.approx(1.0)
+    if max(aurocs) <= 0.5:  # neither module beats chance (15 iterations): both keep weight 1
+        assert weights == [1.0, 1.0]
+        return
     # The better module has weight 1; a module no better than chance has weight 0.
     best = int(np.argmax(aurocs))
     assert weights[best] == pytest.approx(1.0)

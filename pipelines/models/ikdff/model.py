@@ -63,10 +63,10 @@ class Residual(nn.Module):
 
 
 class Teacher(nn.Module):
-    """Frozen EfficientNet-Lite features at strides 4, 8, 16, standardised per channel.
+    """Frozen EfficientNet-Lite features at strides 4, 8, 16, with a per-channel standardisation.
 
-    The standardisation (training statistics, buffers) keeps a few large
-    channels from dominating the cosine distance."""
+    The standardisation's buffers hold training statistics with `teacher_norm=standard`
+    and stay the identity (mean 0, std 1: raw features, the default) otherwise."""
 
     mean0: torch.Tensor
 
