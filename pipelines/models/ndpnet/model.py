@@ -301,12 +301,17 @@ def fuse_maps(logits: list[torch.Tensor]) -> torch.Tensor:
     return FUSION_WEIGHTS[0] * up[0] + FUSION_WEIGHTS[1] * up[1] + FUSION_WEIGHTS[2] * up[2]
 
 
-def _shifted(m: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, 1, H, W) -> (B, k*k, H, W): the k*k neighbours of each pixel (replicate borders)."""
+def _neighbours(m: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """(B, 1, H, W) -> k*k maps (B, 1, H, W): each pixel's neighbours, row by row (replicate borders)."""
     r = k // 2
     p = F.pad(m, (r, r, r, r), mode="replicate")
     h, w = m.shape[2], m.shape[3]
-    return torch.cat([p[:, :, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)], 1)
+    return [p[:, :, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)]
+
+
+def _shifted(m: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, k*k, H, W): the k*k neighbours of each pixel (replicate borders)."""
+    return torch.cat(_neighbours(m, k), 1)
 
 
 class MeanFilter(nn.Module):
@@ -323,107 +328,20 @@ class MeanFilter(nn.Module):
 
 # The median of 25 values by 99 compare-exchanges (Paeth's network, as in N. Devillard, "Fast median
 # search: an ANSI C implementation", 1998): the middle wire (12) holds the median at the end.
+# fmt: off
 MEDIAN25_NETWORK = (
-    (0, 1),
-    (3, 4),
-    (2, 4),
-    (2, 3),
-    (6, 7),
-    (5, 7),
-    (5, 6),
-    (9, 10),
-    (8, 10),
-    (8, 9),
-    (12, 13),
-    (11, 13),
-    (11, 12),
-    (15, 16),
-    (14, 16),
-    (14, 15),
-    (18, 19),
-    (17, 19),
-    (17, 18),
-    (21, 22),
-    (20, 22),
-    (20, 21),
-    (23, 24),
-    (2, 5),
-    (3, 6),
-    (0, 6),
-    (0, 3),
-    (4, 7),
-    (1, 7),
-    (1, 4),
-    (11, 14),
-    (8, 14),
-    (8, 11),
-    (12, 15),
-    (9, 15),
-    (9, 12),
-    (13, 16),
-    (10, 16),
-    (10, 13),
-    (20, 23),
-    (17, 23),
-    (17, 20),
-    (21, 24),
-    (18, 24),
-    (18, 21),
-    (19, 22),
-    (8, 17),
-    (9, 18),
-    (0, 18),
-    (0, 9),
-    (10, 19),
-    (1, 19),
-    (1, 10),
-    (11, 20),
-    (2, 20),
-    (2, 11),
-    (12, 21),
-    (3, 21),
-    (3, 12),
-    (13, 22),
-    (4, 22),
-    (4, 13),
-    (14, 23),
-    (5, 23),
-    (5, 14),
-    (15, 24),
-    (6, 24),
-    (6, 15),
-    (7, 16),
-    (7, 19),
-    (13, 21),
-    (15, 23),
-    (7, 13),
-    (7, 15),
-    (1, 9),
-    (3, 11),
-    (5, 17),
-    (11, 17),
-    (9, 17),
-    (4, 10),
-    (6, 12),
-    (7, 14),
-    (4, 6),
-    (4, 7),
-    (12, 14),
-    (10, 14),
-    (6, 7),
-    (10, 12),
-    (6, 10),
-    (6, 17),
-    (12, 17),
-    (7, 17),
-    (7, 10),
-    (12, 18),
-    (7, 12),
-    (10, 18),
-    (12, 20),
-    (10, 20),
-    (10, 12),
+    (0, 1), (3, 4), (2, 4), (2, 3), (6, 7), (5, 7), (5, 6), (9, 10), (8, 10), (8, 9), (12, 13),
+    (11, 13), (11, 12), (15, 16), (14, 16), (14, 15), (18, 19), (17, 19), (17, 18), (21, 22),
+    (20, 22), (20, 21), (23, 24), (2, 5), (3, 6), (0, 6), (0, 3), (4, 7), (1, 7), (1, 4), (11, 14),
+    (8, 14), (8, 11), (12, 15), (9, 15), (9, 12), (13, 16), (10, 16), (10, 13), (20, 23), (17, 23),
+    (17, 20), (21, 24), (18, 24), (18, 21), (19, 22), (8, 17), (9, 18), (0, 18), (0, 9), (10, 19),
+    (1, 19), (1, 10), (11, 20), (2, 20), (2, 11), (12, 21), (3, 21), (3, 12), (13, 22), (4, 22),
+    (4, 13), (14, 23), (5, 23), (5, 14), (15, 24), (6, 24), (6, 15), (7, 16), (7, 19), (13, 21),
+    (15, 23), (7, 13), (7, 15), (1, 9), (3, 11), (5, 17), (11, 17), (9, 17), (4, 10), (6, 12),
+    (7, 14), (4, 6), (4, 7), (12, 14), (10, 14), (6, 7), (10, 12), (6, 10), (6, 17), (12, 17),
+    (7, 17), (7, 10), (12, 18), (7, 12), (10, 18), (12, 20), (10, 20), (10, 12),
 )
+# fmt: on
 
 
 def _median_plan(network: tuple[tuple[int, int], ...], out: int) -> list[tuple[int, int, bool, bool]]:
@@ -452,12 +370,7 @@ class MedianFilter(nn.Module):
         if m.shape[1] > 1:  # each channel on its own
             return torch.cat([self(m[:, c : c + 1]) for c in range(m.shape[1])], 1)
         if self.k == 5:
-            r = self.k // 2
-            p = F.pad(m, (r, r, r, r), mode="replicate")
-            h, w = m.shape[2], m.shape[3]
-            v: list[torch.Tensor | None] = [
-                p[:, :, dy : dy + h, dx : dx + w] for dy in range(5) for dx in range(5)
-            ]
+            v: list[torch.Tensor | None] = list(_neighbours(m, 5))
             for a, b, need_min, need_max in MEDIAN25_PLAN:
                 va, vb = v[a], v[b]
                 assert va is not None and vb is not None
