@@ -47,6 +47,16 @@ def _architecture(name: str) -> Any:  # the package's EfficientNet (untyped)
     return EfficientNet.from_name(name, image_size=256)
 
 
+def block_strides(name: str) -> tuple[int, ...]:
+    """The output stride after each block of backbone `name` (index = block number)."""
+    strides, stride = [], 2  # the stem halves the input
+    for block in _architecture(name)._blocks:
+        s = block._block_args.stride
+        stride *= int(s[0] if isinstance(s, list | tuple) else s)
+        strides.append(stride)
+    return tuple(strides)
+
+
 def pretrained_weights_path(name: str) -> str:
     """The local path of the pretrained `.pth` shipped by the weights package."""
     package, cls = PRETRAINED[name]

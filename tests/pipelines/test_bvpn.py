@@ -120,6 +120,27 @@ def test_ablation_switch_is_honoured(tiny_print: Path, tmp_path: Path) -> None:
     assert "logical" not in meta.params
 
 
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("taps=10", "taps=\\[10\\]: .*first at stride 8 \\(blocks 3-4\\)"),  # stride 16 first
+        ("taps=3,99", "taps=\\[3, 99\\]: blocks of efficientnet-lite0 \\(0-15\\)"),
+        ("student_convs=0", "student_convs=0: at least 1"),
+    ],
+)
+def test_bad_teacher_or_student_is_one_line(
+    tiny_print: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, words: str
+) -> None:
+    import re
+
+    out = tmp_path / "b"
+    argv = ["train", "--model", "bvpn", "--data", str(tiny_print), "--out", str(out), "--no-progress"]
+    assert main([*argv, *TINY, "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(words, err[0]), err
+    assert not out.exists()
+
+
 def test_logical_module_sees_layout_defects() -> None:
     r = SceneRenderer(product="print", width_px=256, height_px=256, seed=11)
     good = [r.render(i).image for i in range(40)]

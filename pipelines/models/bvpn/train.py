@@ -98,9 +98,9 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         from pipelines.errors import ModelError
 
         raise ModelError(f"BVPN modules must include focus or peripheral, from {MODULES}; got {modules}")
+    taps = check_teacher(settings)
     train, held = split_holdout(images, fraction=0.1, seed=seed)
     tile_px = int(settings["tile_px"])
-    taps = tuple(int(t) for t in settings["taps"])
     net = BVPNTileNet(
         backbone=settings["backbone"],
         width=int(settings["width"]),
@@ -230,6 +230,27 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             "calibration": calibration,
         },
     )
+
+
+def check_teacher(settings: dict[str, Any]) -> tuple[int, ...]:
+    """The teacher's blocks (`taps`), checked with `student_convs`; one ModelError naming the setting.
+
+    The focus student predicts at stride 8, so the first tap must be at stride 8 (later ones may be
+    coarser: they are upsampled to it)."""
+    from pipelines.backbone import block_strides
+    from pipelines.errors import ModelError
+
+    strides = block_strides(str(settings["backbone"]))
+    taps = tuple(sorted({int(t) for t in settings["taps"]}))
+    if not taps or taps[0] < 0 or taps[-1] >= len(strides) or strides[taps[0]] != 8:
+        at8 = [i for i, s in enumerate(strides) if s == 8]
+        raise ModelError(
+            f"setting taps={list(settings['taps'])}: blocks of {settings['backbone']} (0-{len(strides) - 1}),"
+            f" the first at stride 8 (blocks {at8[0]}-{at8[-1]}), e.g. taps=3,4"
+        )
+    if int(settings["student_convs"]) < 1:
+        raise ModelError(f"setting student_convs={settings['student_convs']}: at least 1 (3x3 at stride 8)")
+    return taps
 
 
 def held_tile_scores(net: BVPNTileNet, held: list[np.ndarray], *, tile_px: int) -> np.ndarray:

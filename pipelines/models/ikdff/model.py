@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.backbone import LiteFeatures, _architecture
+from pipelines.backbone import LiteFeatures, block_strides
 from pipelines.bundle import BundleMeta
 from pipelines.errors import ModelError
 from pipelines.models.base import GaussianBlur, GlobalBranch, QuantileNorm, load_module_state
@@ -31,14 +31,8 @@ EPS = 1e-6
 
 def teacher_taps(backbone: str) -> tuple[int, ...]:
     """The last block index of `backbone` at each stride of SCALES_STRIDE (the deepest feature there)."""
-    blocks = list(_architecture(backbone)._blocks)
     taps: list[int] = []
-    stride = 2
-    last: dict[int, int] = {}
-    for i, block in enumerate(blocks):
-        s = block._block_args.stride
-        stride *= int(s[0] if isinstance(s, list | tuple) else s)
-        last[stride] = i
+    last = {stride: i for i, stride in enumerate(block_strides(backbone))}
     for want in SCALES_STRIDE:
         if want not in last:
             raise ModelError(f"backbone {backbone!r} has no block at stride {want}")

@@ -32,6 +32,7 @@ from pipelines.training import (
 
 log = logging.getLogger(__name__)
 FAMILY_VERSION = 1
+TEACHER_NORMS = ("standard", "none")  # of the `teacher_norm` setting
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: <= 15 min (training <= 11 min) for 500 images at 256x256.
@@ -154,9 +155,6 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         "checkpoint_every": _positive_int(settings, "checkpoint_every", 0),
         "tile_px": int(settings["tile_px"]),
     }
-
-
-TEACHER_NORMS = ("standard", "none")
 
 
 def distillation_loss(t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:
