@@ -94,3 +94,12 @@ def load_module_state(module: nn.Module, tensors: dict[str, np.ndarray], prefix:
 def module_tensors(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
     """A module's state as numpy arrays named `prefix.<key>` for the bundle."""
     return {f"{prefix}.{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w) 1 - cosine similarity over channels, as half the squared distance of the unit
+    vectors: no cancellation where the two nearly agree (1 - dot would lose the small difference
+    in float32, and the held-out scale would magnify it). Plain ONNX operators."""
+    an = a / (a * a).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
+    bn = b / (b * b).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
+    return 0.5 * ((an - bn) ** 2).sum(1, keepdim=True)

@@ -9,13 +9,23 @@ import pytest
 import torch
 
 from appliance.cli import main
+from pipelines.backbone import frozen_features
 from pipelines.bundle import Bundle, load_bundle
 from pipelines.data import list_images, read_image
 from pipelines.datasets.synth import write_mvtec_dataset
 from pipelines.errors import ModelError
 from pipelines.export import export_onnx
 from pipelines.inspector import Inspector
-from pipelines.models.distrec.model import CBAM, SCORINGS, DistRecNet, LocalSSIM, cosine_patch_distance
+from pipelines.models.base import upsample_to
+from pipelines.models.distrec.model import (
+    CBAM,
+    SCORINGS,
+    TEACHER_TAPS,
+    DistRecNet,
+    LocalSSIM,
+    cosine_patch_distance,
+    parse_scoring,
+)
 from pipelines.models.distrec.train import paste_corruption
 from pipelines.training import train_bundle
 
@@ -28,8 +38,9 @@ ATOL = 1e-4
 def _net(scoring: str = "cosine") -> DistRecNet:
     torch.manual_seed(0)
     return DistRecNet(
-        width=16, latent=8, head_dim=24, scoring=scoring, blur_sigma_px=2.0, ssim_sigma_px=1.5
-    ).eval()
+        width=16, latent=8, head_dim=24, scoring=scoring, blur_sigma_px=2.0, ssim_sigma_px=1.5,
+        teachers=("efficientnet-lite0",),
+    ).eval()  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +121,9 @@ def test_patch_similarity_is_zero_for_identical_and_high_where_different() -> No
         with torch.inference_mode():
             assert float(net.dissimilarity(a, a).abs().max()) < 1e-5, scoring
             m = net.dissimilarity(a, b)
-        assert float(m[0, 0, 28:36, 28:36].mean()) > 10 * float(m[0, 0, :8, :8].mean()) + 1e-6, scoring
+        # The teachers' taps see the whole 64-px tile (fields of about 100 and 200 px): less local.
+        factor = 1.5 if scoring == "perceptual" else 10.0
+        assert float(m[0, 0, 28:36, 28:36].mean()) > factor * float(m[0, 0, :8, :8].mean()) + 1e-6, scoring
 
 
 def test_paste_corruption_changes_a_rectangle_only() -> None:
@@ -163,7 +176,8 @@ def test_other_scorings_train_and_export(scoring: str, dataset: Path, tmp_path: 
 @pytest.mark.parametrize(
     ("setting", "needle"),
     [
-        ("scoring=l2", "scoring='l2' is invalid: choose one of ssim, cosine, pixel"),
+        ("scoring=l2", "scoring='l2' is invalid: a '+'-list of distinct parts from ssim, cosine, pixel"),
+        ("scoring=ssim+ssim", "scoring='ssim+ssim' is invalid"),
         ("teachers=triple", "teachers='triple' is invalid: choose one of dual, single"),
         ("width=10", "width=10 is invalid"),
         ("crop_px=100", "crop_px=100 is invalid"),
@@ -184,3 +198,50 @@ def test_bad_settings_fail_with_one_clear_line(
 def test_bad_scoring_in_a_bundle_is_refused() -> None:
     with pytest.raises(ModelError, match="scoring 'l1' is unknown"):
         DistRecNet(width=16, latent=8, head_dim=8, scoring="l1", blur_sigma_px=2.0, ssim_sigma_px=1.5)
+    with pytest.raises(ModelError, match="'perceptual' needs the teachers"):
+        DistRecNet(width=16, latent=8, head_dim=8, scoring="perceptual", blur_sigma_px=2.0, ssim_sigma_px=1.5)
+
+
+def test_scoring_parts_are_parsed_in_channel_order() -> None:
+    assert parse_scoring("perceptual+ssim") == ("ssim", "perceptual")
+    assert _net("pixel+ssim").scoring == "ssim+pixel"
+    for bad in ("ssim+ssim", "ssim+l2", "", "ssim+"):
+        with pytest.raises(ModelError, match="'\\+'-list of distinct parts"):
+            parse_scoring(bad)
+
+
+def test_perceptual_part_is_the_raw_teachers_cosine_distance_and_parts_add_on_their_scales() -> None:
+    net = _net("ssim+perceptual")
+    assert net.teachers is not None
+    lite = frozen_features("efficientnet-lite0", taps=TEACHER_TAPS["efficientnet-lite0"])
+    net.teachers.nets[0].load_state_dict(lite.state_dict())
+    net.train()
+    assert not net.teachers.training and net.encoder.training  # the teachers stay frozen
+    assert not any(p.requires_grad for p in net.teachers.parameters())
+    net.eval()
+    net.set_quantiles(np.array([[0.1, 0.5], [0.02, 0.2]], np.float32))
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        r = net.reconstruct(x)
+        d = torch.zeros(2, 1, 64, 96)
+        for a, b in zip(lite(x), lite(r), strict=True):
+            d += upsample_to(1 - torch.nn.functional.cosine_similarity(a, b, dim=1).unsqueeze(1), x) / 2
+        ssim = upsample_to((1 - net.ssim(x, r)).clamp_min(0), x)
+        want = (net.blur(ssim) - 0.1) / 0.4 + (net.blur(d) - 0.02) / 0.18
+        torch.testing.assert_close(net(x), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ModelError, match="3 map quantiles for 2 scoring parts"):
+        net.set_quantiles(np.zeros((3, 2), np.float32))
+
+
+def test_perceptual_scoring_trains_exports_and_carries_the_teachers(dataset: Path, tmp_path: Path) -> None:
+    out = train_bundle(
+        family="distrec", data=dataset, out=tmp_path / "b", tile_px=64, overlap_px=16, progress=False,
+        overrides={**TINY, "iterations": 3, "scoring": "perceptual+ssim", "teachers": "single"},
+    )  # fmt: skip
+    b = export_onnx(load_bundle(out))
+    assert b.meta.params["scoring"] == "ssim+perceptual"
+    assert np.asarray(b.meta.training["map_quantiles"]).shape == (2, 2)
+    lite = frozen_features("efficientnet-lite0", taps=TEACHER_TAPS["efficientnet-lite0"])
+    for key, value in lite.state_dict().items():  # the pretrained teacher travels in the bundle
+        np.testing.assert_array_equal(b.tensors["net.teachers.nets.0." + key], value.numpy())
+    assert b.meta.exports["onnx"]["parity_max_abs_vs_torch"] < ATOL

@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.backbone import LiteFeatures
 from pipelines.bundle import BundleMeta
 from pipelines.errors import ModelError
 from pipelines.models.base import (
     GaussianBlur,
     GlobalBranch,
     QuantileNorm,
+    cosine_distance,
     gaussian_kernel1d,
     load_module_state,
     upsample_to,
@@ -38,10 +40,40 @@ TEACHER_SETS: dict[str, tuple[str, ...]] = {
     "single": ("efficientnet-lite0",),
 }
 TEACHER_DIM = 152  # channels per teacher (both taps, concatenated)
-# ssim and cosine are the patch-similarity scorings; pixel is the ablation baseline.
-SCORINGS = ("ssim", "cosine", "pixel")
+# The parts a `scoring` may add ("ssim+perceptual"), in channel order. ssim, cosine and perceptual
+# are patch similarities (pixel space, the distilled encoder's space, the teachers' space); pixel
+# is the ablation baseline.
+SCORINGS = ("ssim", "cosine", "pixel", "perceptual")
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
+
+
+def parse_scoring(scoring: str) -> tuple[str, ...]:
+    """The parts of a `scoring` setting ("ssim+perceptual" -> ("ssim", "perceptual")), in channel order."""
+    parts = [p.strip() for p in str(scoring).split("+")]
+    if any(p not in SCORINGS for p in parts) or len(set(parts)) != len(parts):
+        raise ModelError(
+            f"DistRec scoring {scoring!r} is unknown: a '+'-list of distinct parts from {', '.join(SCORINGS)}"
+            " (for example ssim or ssim+perceptual)"
+        )
+    return tuple(p for p in SCORINGS if p in parts)
+
+
+class TeacherTaps(nn.Module):
+    """The frozen pretrained teachers, raw (not standardised): every tap of every teacher.
+
+    In the tile network only for the `perceptual` scoring, so its weights travel in the bundle."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList([LiteFeatures(n, taps=TEACHER_TAPS[n]) for n in names])
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TeacherTaps:
+        return super().train(False)  # frozen: the batch norms keep the pretrained statistics
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [f for net in self.nets for f in net(x)]
 
 
 def _conv(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
@@ -159,41 +191,75 @@ class DistRecNet(nn.Module):
         scoring: str,
         blur_sigma_px: float,
         ssim_sigma_px: float,
+        teachers: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
-        if scoring not in SCORINGS:
-            raise ModelError(f"DistRec scoring {scoring!r} is unknown: choose one of {', '.join(SCORINGS)}")
+        self.parts = parse_scoring(scoring)
         if width < 8 or width % 4:
             raise ModelError(f"DistRec width {width} must be a multiple of 4, at least 8")
         if latent < 1 or head_dim < 1:
             raise ModelError(f"DistRec latent ({latent}) and head_dim ({head_dim}) must be at least 1")
-        self.scoring = scoring
+        if "perceptual" in self.parts and not teachers:
+            raise ModelError("DistRec scoring 'perceptual' needs the teachers' names")
+        self.scoring = "+".join(self.parts)
         self.encoder = Encoder(width)
         # 1x1 heads map the encoder's features to the (concatenated, standardised) teachers.
         self.heads = nn.Conv2d(2 * width, head_dim, 1)
         self.decoder = Decoder(width, latent)
         self.ssim = LocalSSIM(ssim_sigma_px)
+        self.teachers = TeacherTaps(teachers) if "perceptual" in self.parts else None
         self.blur = GaussianBlur(blur_sigma_px)
+        # One held-out scale per part: the first is `norm`, the others `norm_<part>`.
         self.norm = QuantileNorm()
+        for part in self.parts[1:]:
+            self.add_module(f"norm_{part}", QuantileNorm())
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
-    def dissimilarity(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """(B, 1, t, t) raw dissimilarity of the input and its reconstruction (0 where identical)."""
-        if self.scoring == "ssim":
+    def part_map(self, part: str, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """(B, 1, t, t) raw dissimilarity of input and reconstruction by one part (0 where identical)."""
+        if part == "ssim":
             return upsample_to((1.0 - self.ssim(x, r)).clamp_min(0.0), x)
-        if self.scoring == "cosine":
-            d = cosine_patch_distance(self.heads(self.encoder(x)), self.heads(self.encoder(r)))
-            return upsample_to(d, x)
+        if part == "cosine":
+            return upsample_to(
+                cosine_patch_distance(self.heads(self.encoder(x)), self.heads(self.encoder(r))), x
+            )
+        if part == "perceptual":
+            # The teachers' taps on a shared (cosine) scale, averaged: one channel, one held-out scale.
+            assert self.teachers is not None
+            pairs = zip(self.teachers(x), self.teachers(r), strict=True)
+            return torch.stack([upsample_to(cosine_distance(a, b), x) for a, b in pairs]).mean(0)
         return ((x - r) ** 2).mean(dim=1, keepdim=True)
 
+    def dissimilarity(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """(B, C, t, t) raw dissimilarities, one channel per part of the scoring."""
+        maps = [self.part_map(part, x, r) for part in self.parts]
+        return maps[0] if len(maps) == 1 else torch.cat(maps, 1)
+
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Smoothed, not yet calibrated map (the held-out quantiles are taken on it)."""
-        return self.blur(self.dissimilarity(x, self.reconstruct(x)))
+        """Smoothed, not yet calibrated maps, one channel per part (the held-out quantiles are taken here)."""
+        d = self.dissimilarity(x, self.reconstruct(x))
+        return torch.cat([self.blur(d[:, c : c + 1]) for c in range(d.shape[1])], 1)
+
+    def part_norm(self, index: int) -> QuantileNorm:
+        module = self.norm if index == 0 else getattr(self, f"norm_{self.parts[index]}")
+        assert isinstance(module, QuantileNorm)
+        return module
+
+    def set_quantiles(self, q: np.ndarray) -> None:
+        """Every part's held-out scale from (C, 2) quantiles (`holdout_quantiles`)."""
+        if q.shape != (len(self.parts), 2):
+            raise ModelError(f"{q.shape[0]} map quantiles for {len(self.parts)} scoring parts")
+        for i in range(len(self.parts)):
+            self.part_norm(i).q.copy_(torch.from_numpy(np.asarray(q[i], np.float32)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.raw_map(x))
+        m = self.raw_map(x)
+        out = self.norm(m[:, :1])
+        for i in range(1, len(self.parts)):
+            out = out + self.part_norm(i)(m[:, i : i + 1])
+        return out
 
 
 def build_tile_net(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> DistRecNet:
@@ -205,6 +271,7 @@ def build_tile_net(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> DistRecN
         scoring=str(p["scoring"]),
         blur_sigma_px=float(p["blur_sigma_px"]),
         ssim_sigma_px=float(p["ssim_sigma_px"]),
+        teachers=tuple(p["teachers"]),
     )
     load_module_state(net, tensors, "net")
     return net.eval()

@@ -24,7 +24,14 @@ import torch
 from pipelines.backbone import frozen_features
 from pipelines.errors import ModelError
 from pipelines.models.base import module_tensors
-from pipelines.models.distrec.model import SCORINGS, TEACHER_DIM, TEACHER_SETS, TEACHER_TAPS, DistRecNet
+from pipelines.models.distrec.model import (
+    SCORINGS,
+    TEACHER_DIM,
+    TEACHER_SETS,
+    TEACHER_TAPS,
+    DistRecNet,
+    parse_scoring,
+)
 from pipelines.training import (
     CropSampler,
     Fitted,
@@ -41,7 +48,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: <= 15 min in all for 500 images at 256x256.
     "fast": {
         "teachers": "dual",
-        "scoring": "ssim",  # measured: bsdata 0.921 / 0.770 against cosine 0.752 / 0.353
+        # measured (BENCHMARKS.md, session 8): bsdata 0.852 / 0.888 against ssim alone 0.900 / 0.740
+        "scoring": "ssim+perceptual",
         "width": 64,
         "latent": 32,
         "iterations": 1500,
@@ -58,7 +66,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # For a GPU (or a patient CPU): wider, full-size crops, longer.
     "full": {
         "teachers": "dual",
-        "scoring": "ssim",
+        "scoring": "ssim+perceptual",
         "width": 96,
         "latent": 48,
         "iterations": 20000,
@@ -83,8 +91,10 @@ def check_settings(settings: dict[str, Any]) -> None:
 
     if settings["teachers"] not in TEACHER_SETS:
         raise bad("teachers", f"choose one of {', '.join(TEACHER_SETS)}")
-    if settings["scoring"] not in SCORINGS:
-        raise bad("scoring", f"choose one of {', '.join(SCORINGS)}")
+    try:
+        parse_scoring(settings["scoring"])
+    except ModelError as err:
+        raise bad("scoring", f"a '+'-list of distinct parts from {', '.join(SCORINGS)}") from err
     if int(settings["width"]) < 8 or int(settings["width"]) % 4:
         raise bad("width", "a multiple of 4, at least 8")
     for key in ("latent", "iterations", "batch"):
@@ -158,7 +168,11 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         scoring=settings["scoring"],
         blur_sigma_px=float(settings["blur_sigma_px"]),
         ssim_sigma_px=float(settings["ssim_sigma_px"]),
+        teachers=names,
     )
+    if net.teachers is not None:  # the "perceptual" scoring: the same pretrained teachers, raw
+        for mine, theirs in zip(net.teachers.nets, teachers.nets, strict=True):
+            mine.load_state_dict(theirs.state_dict())
     sampler = CropSampler(train, crop_px=int(settings["crop_px"]), seed=seed)
     gen = torch.Generator().manual_seed(seed)
 
@@ -168,7 +182,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     teachers.std.copy_(feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4))
     del feats
 
-    params = [p for name, p in net.named_parameters() if not name.startswith(("ssim", "blur", "norm"))]
+    params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
     iterations = int(settings["iterations"])
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -194,13 +208,13 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
     net.eval()
 
     q = holdout_quantiles(net.raw_map, held, tile_px=tile_px)
-    net.norm.q.copy_(torch.from_numpy(q[0]))
+    net.set_quantiles(q)
     out_params: dict[str, Any] = {
         "teachers": list(names),
         "width": int(settings["width"]),
         "latent": int(settings["latent"]),
         "head_dim": teachers.dim,
-        "scoring": settings["scoring"],
+        "scoring": net.scoring,
         "blur_sigma_px": float(settings["blur_sigma_px"]),
         "ssim_sigma_px": float(settings["ssim_sigma_px"]),
     }

@@ -54,7 +54,7 @@ from torch import nn
 from pipelines.backbone import LiteFeatures
 from pipelines.bundle import BundleMeta
 from pipelines.errors import ModelError
-from pipelines.models.base import GlobalBranch, QuantileNorm, load_module_state, upsample_to
+from pipelines.models.base import GlobalBranch, QuantileNorm, cosine_distance, load_module_state, upsample_to
 
 STRIDES = (2, 4, 8, 16, 32)  # of the five encoder stages
 WIDTH_FACTORS = (1, 2, 3, 4, 6)  # stage channels = width * factor
@@ -87,15 +87,6 @@ def map_channels(parts: tuple[str, ...]) -> list[str]:
 def part_channels(part: str) -> int:
     """Raw channels of one map part."""
     return len(SEG_STAGES) if part == "perception" else 1
-
-
-def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, 1, h, w) 1 - cosine similarity over channels, as half the squared distance of the unit
-    vectors: no cancellation where the two nearly agree (1 - dot would lose the small difference
-    in float32, and the held-out scale would magnify it). Plain ONNX operators."""
-    an = a / (a * a).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
-    bn = b / (b * b).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
-    return 0.5 * ((an - bn) ** 2).sum(1, keepdim=True)
 
 
 def stage_channels(width: int) -> tuple[int, ...]:
