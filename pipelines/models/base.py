@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipelines.errors import ModelError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,3 +106,20 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     an = a / (a * a).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
     bn = b / (b * b).sum(1, keepdim=True).sqrt().clamp_min(1e-8)
     return 0.5 * ((an - bn) ** 2).sum(1, keepdim=True)
+
+
+def channel_norm(module: nn.Module, names: Sequence[str], index: int) -> QuantileNorm:
+    """The held-out scale of raw map channel `index` of a multi-channel map: the module's `norm` for
+    the first channel, `norm_<name>` for the others."""
+    norm = module.norm if index == 0 else getattr(module, f"norm_{names[index]}")
+    assert isinstance(norm, QuantileNorm)
+    return norm
+
+
+def set_channel_quantiles(module: nn.Module, names: Sequence[str], q: np.ndarray, *, what: str) -> None:
+    """Set every channel's held-out scale from (C, 2) quantiles (`holdout_quantiles`); `what` names
+    the channels in the error."""
+    if q.shape != (len(names), 2):
+        raise ModelError(f"{q.shape[0]} map quantiles for {len(names)} {what}")
+    for i in range(len(names)):
+        channel_norm(module, names, i).q.copy_(torch.from_numpy(np.asarray(q[i], np.float32)))

@@ -2,12 +2,12 @@
 
 Reading of Luo and Zhang, "A Method for Image Anomaly Detection Based on
 Distillation and Reconstruction", Sensors 23(22):9281, 2023; see README.md
-beside this file for the method and our choices. The teachers are needed only
-in training (they shape the encoder through its distillation heads); the tile
-network holds the encoder (with its CBAM-like attention block), the
+beside this file for the method and our choices. The teachers shape the
+encoder in training through its distillation heads. The tile network holds the encoder (with its CBAM-like attention block), the
 distillation heads (used by the cosine scoring), the decoder, the
-patch-similarity scoring, the blur and the held-out quantiles, so the
-exported graph gives the same numbers as torch.
+patch-similarity scoring (with the raw teachers for its `perceptual` part),
+the blur and the held-out quantiles, so the exported graph gives the same
+numbers as torch.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from pipelines.models.base import (
     GaussianBlur,
     GlobalBranch,
     QuantileNorm,
+    channel_norm,
     cosine_distance,
     gaussian_kernel1d,
     load_module_state,
+    set_channel_quantiles,
     upsample_to,
 )
 
@@ -242,23 +244,15 @@ class DistRecNet(nn.Module):
         d = self.dissimilarity(x, self.reconstruct(x))
         return torch.cat([self.blur(d[:, c : c + 1]) for c in range(d.shape[1])], 1)
 
-    def part_norm(self, index: int) -> QuantileNorm:
-        module = self.norm if index == 0 else getattr(self, f"norm_{self.parts[index]}")
-        assert isinstance(module, QuantileNorm)
-        return module
-
     def set_quantiles(self, q: np.ndarray) -> None:
         """Every part's held-out scale from (C, 2) quantiles (`holdout_quantiles`)."""
-        if q.shape != (len(self.parts), 2):
-            raise ModelError(f"{q.shape[0]} map quantiles for {len(self.parts)} scoring parts")
-        for i in range(len(self.parts)):
-            self.part_norm(i).q.copy_(torch.from_numpy(np.asarray(q[i], np.float32)))
+        set_channel_quantiles(self, self.parts, q, what="scoring parts")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.raw_map(x)
         out = self.norm(m[:, :1])
         for i in range(1, len(self.parts)):
-            out = out + self.part_norm(i)(m[:, i : i + 1])
+            out = out + channel_norm(self, self.parts, i)(m[:, i : i + 1])
         return out
 
 

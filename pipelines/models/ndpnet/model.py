@@ -54,7 +54,15 @@ from torch import nn
 from pipelines.backbone import LiteFeatures
 from pipelines.bundle import BundleMeta
 from pipelines.errors import ModelError
-from pipelines.models.base import GlobalBranch, QuantileNorm, cosine_distance, load_module_state, upsample_to
+from pipelines.models.base import (
+    GlobalBranch,
+    QuantileNorm,
+    channel_norm,
+    cosine_distance,
+    load_module_state,
+    set_channel_quantiles,
+    upsample_to,
+)
 
 STRIDES = (2, 4, 8, 16, 32)  # of the five encoder stages
 WIDTH_FACTORS = (1, 2, 3, 4, 6)  # stage channels = width * factor
@@ -517,16 +525,11 @@ class NDPNet(nn.Module):
 
     def channel_norm(self, index: int) -> QuantileNorm:
         """The held-out scale of raw channel `index`."""
-        module = self.norm if index == 0 else getattr(self, f"norm_{self.channels[index]}")
-        assert isinstance(module, QuantileNorm)
-        return module
+        return channel_norm(self, self.channels, index)
 
     def set_quantiles(self, q: np.ndarray) -> None:
         """Set every channel's held-out scale from (C, 2) quantiles (`holdout_quantiles`)."""
-        if q.shape != (len(self.channels), 2):
-            raise ModelError(f"{q.shape[0]} map quantiles for {len(self.channels)} channels")
-        for i in range(len(self.channels)):
-            self.channel_norm(i).q.copy_(torch.from_numpy(np.asarray(q[i], np.float32)))
+        set_channel_quantiles(self, self.channels, q, what="channels")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.raw_map(x)
