@@ -3,11 +3,11 @@
 Reading of Luo and Zhang, "A Method for Image Anomaly Detection Based on
 Distillation and Reconstruction", Sensors 23(22):9281, 2023; see README.md
 beside this file for the method and our choices. The teachers shape the
-encoder in training through its distillation heads. The tile network holds the encoder (with its CBAM-like attention block), the
-distillation heads (used by the cosine scoring), the decoder, the
-patch-similarity scoring (with the raw teachers for its `perceptual` part),
-the blur and the held-out quantiles, so the exported graph gives the same
-numbers as torch.
+encoder in training through its distillation heads. The tile network holds
+the encoder (with its CBAM-like attention block), the distillation heads
+(used by the cosine scoring), the decoder, the patch-similarity scoring
+(with the raw teachers for its `perceptual` part), the blur and the
+held-out quantiles, so the exported graph gives the same numbers as torch.
 """
 
 from __future__ import annotations
@@ -219,14 +219,16 @@ class DistRecNet(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
-    def part_map(self, part: str, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """(B, 1, t, t) raw dissimilarity of input and reconstruction by one part (0 where identical)."""
+    def part_map(
+        self, part: str, x: torch.Tensor, r: torch.Tensor, fx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 1, t, t) raw dissimilarity of input and reconstruction by one part (0 where identical);
+        `fx`: the encoder's features of `x` where already computed."""
         if part == "ssim":
             return upsample_to((1.0 - self.ssim(x, r)).clamp_min(0.0), x)
         if part == "cosine":
-            return upsample_to(
-                cosine_patch_distance(self.heads(self.encoder(x)), self.heads(self.encoder(r))), x
-            )
+            fx = self.encoder(x) if fx is None else fx
+            return upsample_to(cosine_patch_distance(self.heads(fx), self.heads(self.encoder(r))), x)
         if part == "perceptual":
             # The teachers' taps on a shared (cosine) scale, averaged: one channel, one held-out scale.
             assert self.teachers is not None
@@ -236,13 +238,13 @@ class DistRecNet(nn.Module):
 
     def dissimilarity(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """(B, C, t, t) raw dissimilarities, one channel per part of the scoring."""
-        maps = [self.part_map(part, x, r) for part in self.parts]
-        return maps[0] if len(maps) == 1 else torch.cat(maps, 1)
+        return torch.cat([self.part_map(part, x, r) for part in self.parts], 1)
 
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
         """Smoothed, not yet calibrated maps, one channel per part (the held-out quantiles are taken here)."""
-        d = self.dissimilarity(x, self.reconstruct(x))
-        return torch.cat([self.blur(d[:, c : c + 1]) for c in range(d.shape[1])], 1)
+        fx = self.encoder(x)
+        r = self.decoder(fx)
+        return torch.cat([self.blur(self.part_map(part, x, r, fx)) for part in self.parts], 1)
 
     def set_quantiles(self, q: np.ndarray) -> None:
         """Every part's held-out scale from (C, 2) quantiles (`holdout_quantiles`)."""
@@ -250,10 +252,8 @@ class DistRecNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.raw_map(x)
-        out = self.norm(m[:, :1])
-        for i in range(1, len(self.parts)):
-            out = out + channel_norm(self, self.parts, i)(m[:, i : i + 1])
-        return out
+        scaled = [channel_norm(self, self.parts, i)(m[:, i : i + 1]) for i in range(len(self.parts))]
+        return scaled[0] if len(scaled) == 1 else torch.stack(scaled).sum(0)
 
 
 def build_tile_net(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> DistRecNet:

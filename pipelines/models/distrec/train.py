@@ -170,9 +170,8 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         ssim_sigma_px=float(settings["ssim_sigma_px"]),
         teachers=names,
     )
-    if net.teachers is not None:  # the "perceptual" scoring: the same pretrained teachers, raw
-        for mine, theirs in zip(net.teachers.nets, teachers.nets, strict=True):
-            mine.load_state_dict(theirs.state_dict())
+    if net.teachers is not None:  # the "perceptual" scoring: the same pretrained teachers, raw, shared
+        net.teachers.nets = teachers.nets
     sampler = CropSampler(train, crop_px=int(settings["crop_px"]), seed=seed)
     gen = torch.Generator().manual_seed(seed)
 
