@@ -34,10 +34,12 @@ import numpy.typing as npt
 from scipy import stats
 
 from calibration.errors import CalibrationError
+from pipelines.edges import BANDS_PX, EdgeFit, scaled_max
 
 __all__ = [
     "MIN_TAIL_SCORES",
     "FrrMethod",
+    "GoodImages",
     "ThresholdResult",
     "clopper_pearson_upper",
     "images_needed",
@@ -57,6 +59,7 @@ MIN_TAIL_SCORES = 20
 # The exponential tail is fitted to the excesses of the top 10% of scores, but
 # never fewer than this many, so that its scale is not set by two or three values.
 _MIN_EXCEEDANCES = 10
+MAX_PIXEL_SAMPLES = 65_536  # pixels sampled per map for the pixel threshold (`sample_map_pixels`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,38 +260,92 @@ def fuse(parts: list[Parts], alignment: BranchAlignment | None) -> np.ndarray:
 
 class PixelSamples:
     """Pixel samples (`sample_map_pixels`) of images whose map may have two branches,
-    kept apart so that they can be fused with a gain chosen after all images are seen."""
+    kept apart so that they can be fused with a gain chosen after all images are seen;
+    with `bands_px`, the tile map's samples keep their edge band too, so that edge gains
+    chosen afterwards (`pipelines.edges`) can scale them."""
 
     def __init__(self) -> None:
         self._tile: list[np.ndarray] = []
         self._global: list[np.ndarray | None] = []
         self._labels: list[np.ndarray | None] = []
+        self._bands: list[np.ndarray | None] = []
 
     def add(
         self,
         anomaly_map: np.ndarray,
         branch_maps: tuple[np.ndarray, np.ndarray] | None,
         mask: np.ndarray | None = None,
+        *,
+        bands_px: tuple[int, ...] | None = None,
     ) -> None:
-        if branch_maps is None:
-            values, labels = sample_map_pixels(anomaly_map, mask)
-            self._tile.append(values)
-            self._global.append(None)
-        else:
-            values, labels = sample_map_pixels(branch_maps[0], mask)
-            self._tile.append(values)
-            self._global.append(sample_map_pixels(branch_maps[1])[0])
+        tile = anomaly_map if branch_maps is None else branch_maps[0]
+        values, labels = sample_map_pixels(tile, mask)
+        self._tile.append(values)
+        self._global.append(None if branch_maps is None else sample_map_pixels(branch_maps[1])[0])
         self._labels.append(labels)
+        self._bands.append(None if bands_px is None else sampled_bands(tile.shape, bands_px))
 
-    def values(self, alignment: BranchAlignment | None) -> list[np.ndarray]:
-        """Per image, the fused map's sampled values with the alignment's gain."""
+    def values(
+        self, alignment: BranchAlignment | None, edge_gains: tuple[float, ...] | None = None
+    ) -> list[np.ndarray]:
+        """Per image, the fused map's sampled values with the alignment's gain (and the edge
+        gains on the tile map's samples that kept their band)."""
         gain = alignment.gain if alignment is not None else 1.0
-        return [
-            t if g is None else np.maximum(t, gain * g) for t, g in zip(self._tile, self._global, strict=True)
-        ]
+        out = []
+        for t, g, b in zip(self._tile, self._global, self._bands, strict=True):
+            if b is not None and edge_gains is not None:
+                t = t * np.asarray(edge_gains, dtype=np.float32)[b]
+            out.append(t if g is None else np.maximum(t, gain * g))
+        return out
 
     def labels(self) -> list[np.ndarray]:
         return [lab for lab in self._labels if lab is not None]
+
+
+class GoodImages:
+    """The good images' analyses as calibration needs them, measured with the whole-image
+    branch's gain at 1 and without edge gains, so that both can be chosen after all images
+    are seen: per image the tile map's per-band maxima and the branch's part, and sampled
+    map pixels (`pixels`). `edges`: fit edge gains (`pipelines.edges`), else none."""
+
+    def __init__(self, *, edges: bool = True, pixels: bool = True, bands_px: tuple[int, ...] = BANDS_PX):
+        self.edge_fit = EdgeFit(bands_px)
+        self.fit_edges = edges
+        self.pixels = PixelSamples() if pixels else None
+        self._band_max: list[np.ndarray] = []
+        self._global: list[float] = []
+        self._gains: tuple[float, ...] | None = None
+        self._fitted = False
+
+    def add(self, analysis: Any) -> None:
+        """One good image's `pipelines.inference.Analysis` (made with `keep_branch_maps`)."""
+        tile = analysis.anomaly_map if analysis.branch_maps is None else analysis.branch_maps[0]
+        self._band_max.append(self.edge_fit.add(tile))
+        self._global.append(analysis.fusion_parts()[1])
+        if self.pixels is not None:
+            self.pixels.add(analysis.anomaly_map, analysis.branch_maps, bands_px=self.edge_fit.bands_px)
+        self._fitted = False
+
+    def edge_gains(self) -> tuple[float, ...] | None:
+        """The fitted edge gains; None when off or when no band needed scaling (all gains 1)."""
+        if not self._fitted:
+            gains = self.edge_fit.gains() if self.fit_edges else None
+            self._gains = gains if gains is not None and any(g < 1.0 for g in gains) else None
+            self._fitted = True
+        return self._gains
+
+    def parts(self) -> list[Parts]:
+        """Per image (tile score, branch part) as the inspector will see them with the edge gains."""
+        gains = self.edge_gains()
+        return [(scaled_max(m, gains), g) for m, g in zip(self._band_max, self._global, strict=True)]
+
+    def pixel_values(self, alignment: BranchAlignment | None) -> list[np.ndarray]:
+        if self.pixels is None:
+            raise CalibrationError("these good images were kept without pixel samples")
+        return self.pixels.values(alignment, self.edge_gains())
+
+    def edge_details(self) -> dict[str, Any]:
+        return {**self.edge_fit.details(), "edge_fitted": self.fit_edges}
 
 
 def threshold_f1(
@@ -494,7 +551,7 @@ def _pct_up(x: float) -> str:
 
 
 def sample_map_pixels(
-    anomaly_map: np.ndarray, mask: np.ndarray | None = None, *, max_samples: int = 65_536
+    anomaly_map: np.ndarray, mask: np.ndarray | None = None, *, max_samples: int = MAX_PIXEL_SAMPLES
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """An even, deterministic sample of a map's values (and of its mask, same pixels).
 
@@ -509,10 +566,24 @@ def sample_map_pixels(
             f"give the masks of exactly these images, at their size"
         )
     h, w = anomaly_map.shape
-    k = max(1, math.ceil(math.sqrt(h * w / max(1, max_samples))))
+    k = _sample_stride(h, w, max_samples)
     values = np.ascontiguousarray(anomaly_map[::k, ::k], dtype=np.float32).ravel()
     labels = None if mask is None else (np.asarray(mask)[::k, ::k] > 0).ravel()
     return values, labels
+
+
+def _sample_stride(h: int, w: int, max_samples: int) -> int:
+    """Every k-th pixel in each direction leaves at most about `max_samples` of an h x w map."""
+    return max(1, math.ceil(math.sqrt(h * w / max(1, max_samples))))
+
+
+def sampled_bands(shape: tuple[int, ...], bands_px: tuple[int, ...]) -> np.ndarray:
+    """The edge band (`pipelines.edges`) of each pixel that `sample_map_pixels` takes of a map."""
+    h, w = shape[:2]
+    k = _sample_stride(h, w, MAX_PIXEL_SAMPLES)
+    ys, xs = np.arange(0, h, k), np.arange(0, w, k)
+    d = np.minimum(np.minimum(ys, h - 1 - ys)[:, None], np.minimum(xs, w - 1 - xs)[None, :])
+    return (np.searchsorted(np.asarray(bands_px), d, side="right") - 1).ravel()
 
 
 def pixel_threshold_for_fpr(good_pixels: npt.ArrayLike, *, target_fpr: float) -> float:

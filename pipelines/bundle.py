@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from drivers.settings import Settings
+from pipelines.edges import BANDS_PX, check_bands
 from pipelines.errors import BundleError
 
 FORMAT = "aoi-bundle"
@@ -73,6 +74,17 @@ class Calibration(Settings):
         "are fused with the tile map's: `aoi calibrate` sets it so that on the good images both branches "
         "reach their own tail quantile at the same score (dimensionless; 1 leaves the branch as trained)",
     )
+    edge_bands_px: list[int] = Field(
+        default_factory=lambda: list(BANDS_PX),
+        description="lower bounds of the bands of distance from the frame's edge that `edge_gains` "
+        "scale (px; the last band is the interior; see pipelines/edges.py)",
+    )
+    edge_gains: list[float] = Field(
+        default_factory=list,
+        description="factor on the tile map in each edge band, from the good images' tails: "
+        "interior / band where a band's good tail is heavier, else 1 (dimensionless, in (0, 1]; "
+        "empty: no edge scaling)",
+    )
     inference_mode: str = Field(
         default="tiles",
         description="the inference mode the thresholds were made in: tiles, or whole (whole, halo and "
@@ -80,6 +92,18 @@ class Calibration(Settings):
     )
     method: str = Field(default="uncalibrated", description="how the thresholds were set")
     details: dict[str, Any] = Field(default_factory=dict, description="the data the thresholds came from")
+
+    @model_validator(mode="after")
+    def _check_edges(self) -> Calibration:
+        check_bands(self.edge_bands_px)
+        if self.edge_gains and len(self.edge_gains) != len(self.edge_bands_px):
+            raise ValueError(
+                f"edge_gains has {len(self.edge_gains)} values for {len(self.edge_bands_px)} edge bands: "
+                "one per band, or none"
+            )
+        if any(not 0.0 < g <= 1.0 for g in self.edge_gains):
+            raise ValueError(f"edge_gains {self.edge_gains} must lie in (0, 1]: re-run aoi calibrate")
+        return self
 
 
 class BundleMeta(Settings):

@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
+from pipelines.edges import BANDS_PX, apply_gains
 from pipelines.errors import DataError
 from pipelines.models.base import GlobalBranch
 from pipelines.tiling import TilePlan
@@ -118,13 +119,17 @@ class TiledAnalyser:
         reference_frame: np.ndarray | None = None,
         halo_px: int | None = None,
         core_px: int = HALO_CORE_PX,
+        edge_gains: Sequence[float] | None = None,
+        edge_bands_px: Sequence[int] = BANDS_PX,
     ) -> None:
         """`whole_bytes_per_px`: activation memory of the network per input pixel
         (bytes), which "auto" needs; without it "auto" stays with tiles.
         `global_gain`: factor on the global branch's score and map (the calibration's).
         `reference_frame`: HxWx3 uint8 golden frame of a golden-reference model.
         `halo_px`, `core_px`: halo tiles (multiples of 32); "halo" needs `halo_px`, and "auto"
-        without it falls back to "tiles" where the whole frame does not fit."""
+        without it falls back to "tiles" where the whole frame does not fit.
+        `edge_gains`, `edge_bands_px`: the calibration's factors on the tile map by distance from
+        the frame's edge (`pipelines.edges`); None or empty: none."""
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
         if reference_frame is not None and mode in ("whole", "halo"):
@@ -152,6 +157,8 @@ class TiledAnalyser:
         self.global_branch = global_branch
         self.global_gain = global_gain
         self.keep_branch_maps = False  # calibration sets it: Analysis.branch_maps
+        self.edge_gains = tuple(edge_gains) if edge_gains else None  # calibration turns them off to fit them
+        self.edge_bands_px = tuple(edge_bands_px)
 
     def plan(self, height_px: int, width_px: int) -> TilePlan:
         return _plan(height_px, width_px, self.tile_px, self.overlap_px)
@@ -291,6 +298,8 @@ class TiledAnalyser:
             tile = self.halo_map(rgb)
         else:
             tile = self.tile_map(rgb)
+        if self.edge_gains is not None:
+            apply_gains(tile, self.edge_gains, self.edge_bands_px)
         tile_score = float(tile.max())
         if self.global_branch is None:
             return Analysis(tile_score, tile, tile_score, None)

@@ -132,6 +132,8 @@ class Inspector:
             reference_frame=bundle.tensors.get(REFERENCE_FRAME_KEY),
             halo_px=halo,
             core_px=halo_core_px,
+            edge_gains=bundle.meta.calibration.edge_gains,
+            edge_bands_px=bundle.meta.calibration.edge_bands_px,
         )
         self.mm_per_px: float | None = None
         made_in = bundle.meta.calibration.inference_mode

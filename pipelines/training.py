@@ -367,12 +367,13 @@ def first_calibration(
     margin_px: int = 16,
     reference_frame: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """A first threshold from the held-out good images, so a new bundle is usable at once.
+    """A first threshold from the held-out good images, so a new bundle is usable at once, with
+    edge gains fitted on them (`pipelines.edges`).
 
     `aoi calibrate` replaces it with one from more data. `reference_frame`: the golden
     frame of a golden-reference model."""
     from calibration.errors import CalibrationError
-    from calibration.threshold import threshold_for_frr
+    from calibration.threshold import GoodImages, threshold_for_frr
     from pipelines.inference import TiledAnalyser, torch_infer
 
     analyser = TiledAnalyser(
@@ -383,7 +384,11 @@ def first_calibration(
         margin_px=margin_px,
         reference_frame=reference_frame,
     )
-    scores = np.array([analyser(img).score for img in held])
+    analyser.keep_branch_maps = True
+    goods = GoodImages(pixels=False)
+    for img in held:
+        goods.add(analyser(img))
+    scores = np.array([max(t, g) for t, g in goods.parts()])  # the branch's gain stays 1 here
     try:
         result = threshold_for_frr(scores, target_frr=0.01)
         threshold, method, message = result.threshold, "held-out target_frr 1%", result.message
@@ -393,8 +398,11 @@ def first_calibration(
     return {
         "image_threshold": float(threshold),
         "pixel_threshold": float(threshold),
+        "edge_bands_px": list(goods.edge_fit.bands_px),
+        "edge_gains": list(goods.edge_gains() or ()),
         "method": method,
         "details": {
+            **goods.edge_details(),
             "held_out_images": len(held),
             "held_out_score_max": float(scores.max()),
             "held_out_score_median": float(np.median(scores)),

@@ -9,7 +9,9 @@ threshold (what makes up a defect's blob, box and area): with ground-truth
 masks of the defective images the best pixel F1, else the level that
 `--pixel-fpr` of good pixels exceed; never above the image threshold, so every
 NG part shows where. A minimum defect area (px or mm^2) keeps smaller blobs
-from making a part NG.
+from making a part NG. Near the frame's edge, where good pixels can run
+hotter than inside, the tile map is scaled down band by band to the interior's
+level first (edge gains, `pipelines/edges.py`; `--no-edge-gains` turns it off).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def _threshold_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="blobs smaller than this never make NG (mm^2; the line converts it with its pixel scale)",
     )
+    p.add_argument(
+        "--no-edge-gains",
+        action="store_true",
+        help="do not scale the map near the frame's edge (by default, bands of distance from the edge "
+        "whose good pixels run hotter than the interior's are scaled down to it: pipelines/edges.py)",
+    )
     p.add_argument("--backend", default="auto", help="inference backend")
     add_mode_flag(p)
     add_progress_flag(p)
@@ -86,6 +94,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run_threshold(args: argparse.Namespace) -> int:
     from calibration.threshold import (
+        GoodImages,
         Parts,
         PixelSamples,
         align_parts,
@@ -130,18 +139,21 @@ def run_threshold(args: argparse.Namespace) -> int:
             masks_dir = existing_dir(args.masks, what="--masks")
             mask_paths = [_mask_for(masks_dir, path) for path in bad_paths]
     progress = not args.no_progress
-    # A whole-image branch (BVPN's logical module) is measured unaligned, then aligned with the
-    # tile map's tail on these good images (`align_branches`); image scores and sampled map pixels
-    # are re-fused with that gain, exactly as the inspector will: max(tile, gain * global).
+    # The good images are measured without edge gains and with a whole-image branch (BVPN's
+    # logical module) unaligned. The edge gains (`pipelines.edges`) are fitted on them, then the
+    # branch is aligned with the scaled tile map's tail (`align_branches`); image scores and
+    # sampled map pixels are re-computed with both, exactly as the inspector will see them.
     inspector.analyser.global_gain = 1.0
     inspector.analyser.keep_branch_maps = True
-    good_parts: list[Parts] = []
-    good_pixels = PixelSamples()
+    inspector.analyser.edge_gains = None
+    goods = GoodImages(edges=not args.no_edge_gains)
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
-        good_parts.append(a.fusion_parts())
-        good_pixels.add(a.anomaly_map, a.branch_maps)
+        goods.add(a)
+    edge_gains = goods.edge_gains()
+    good_parts = goods.parts()
     alignment = align_parts(good_parts, target_frr=args.target_frr)
     good = fuse(good_parts, alignment)
+    inspector.analyser.edge_gains = edge_gains  # the bad images as the inspector will see them
     bad_pixels = PixelSamples()
     if args.bad:
         bad_parts: list[Parts] = []
@@ -162,7 +174,7 @@ def run_threshold(args: argparse.Namespace) -> int:
             result = threshold_f1(good, bad, confidence=args.confidence)
     else:
         result = threshold_for_frr(good, target_frr=args.target_frr, confidence=args.confidence)
-    good_values = good_pixels.values(alignment)
+    good_values = goods.pixel_values(alignment)
     if mask_paths:
         values = np.concatenate([*good_values, *bad_pixels.values(alignment)])
         labels = np.concatenate([np.zeros(sum(v.size for v in good_values), bool), *bad_pixels.labels()])
@@ -184,12 +196,15 @@ def run_threshold(args: argparse.Namespace) -> int:
         if args.min_defect_area_mm2 is not None
         else old.min_defect_area_mm2,
         global_gain=alignment.gain if alignment is not None else 1.0,
+        edge_bands_px=list(goods.edge_fit.bands_px),
+        edge_gains=list(edge_gains or ()),
         inference_mode=map_kind(args.mode),
         method=result.method,
         details={
             **result.to_dict(),
             **pixel_how,
             "branch_alignment": alignment.to_dict() if alignment is not None else None,
+            **goods.edge_details(),
             "good": str(args.good),
             "bad": str(args.bad) if args.bad else None,
             "masks": str(args.masks) if args.masks else None,
@@ -206,6 +221,7 @@ def run_threshold(args: argparse.Namespace) -> int:
             "min_defect_area_px": calibration.min_defect_area_px,
             "min_defect_area_mm2": calibration.min_defect_area_mm2,
             "global_gain": calibration.global_gain,
+            "edge_gains": calibration.edge_gains,
         }
     )
     return 0

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from appliance.cli import main
@@ -113,3 +114,40 @@ def test_the_calibration_mode_is_recorded_and_a_mismatch_is_warned(
         Inspector(b, backend="torch")
     assert "calibrated in whole mode but inference runs in tiles mode" in caplog.text
     assert "aoi calibrate --mode tiles" in caplog.text
+
+
+def test_edge_gains_scale_a_hot_frame_edge_and_the_threshold_holds_for_the_inspector(
+    tiny_print_bundle: tuple[Path, Path], bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Good frames whose outer 2 px are dark (a frame edge the training never saw): calibration
+    scales those bands down to the interior's tail, and its FRR is what the inspector then gives."""
+    import cv2
+
+    from pipelines.inspector import Inspector
+
+    data = tiny_print_bundle[0]
+    good = tmp_path / "good"
+    good.mkdir()
+    sources = sorted((data / "test" / "good").glob("*.png"))
+    for i, src in enumerate(sources):
+        img = np.tile(cv2.imread(str(src)), (3, 3, 1))  # 192 x 192: an interior 32 px from the edge
+        img[:2], img[-2:], img[:, :2], img[:, -2:] = 0, 0, 0, 0
+        cv2.imwrite(str(good / f"{i:03d}.png"), img)
+    argv = ["calibrate", "--bundle", str(bundle), "--good", str(good), "--no-progress", "--target-frr", "0.1"]
+    assert main([*argv, "--no-edge-gains"]) == 0
+    plain = load_bundle(bundle).meta.calibration
+    assert plain.edge_gains == [] and plain.details["edge_fitted"] is False
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = _last_json(capsys)
+    b = load_bundle(bundle)
+    cal = b.meta.calibration
+    assert cal.edge_gains == out["edge_gains"] and len(cal.edge_gains) == len(cal.edge_bands_px)
+    assert cal.edge_gains[0] < 0.9 and cal.edge_gains[1] < 0.9 and cal.edge_gains[-1] == 1.0
+    assert cal.details["edge_tails"][0] > cal.details["edge_tails"][-1]
+    assert cal.image_threshold < plain.image_threshold  # the edge no longer sets the threshold
+    # One pass predicted the scaled scores: the inspector rejects exactly the share calibration said.
+    inspector = Inspector(b, backend="torch")
+    scores = [inspector.analyse(cv2.imread(str(p))[:, :, ::-1]).score for p in sorted(good.iterdir())]
+    rejected = sum(s >= cal.image_threshold for s in scores)
+    assert rejected == round(out["expected_frr"] * len(scores))
