@@ -34,10 +34,12 @@ import numpy.typing as npt
 from scipy import stats
 
 from calibration.errors import CalibrationError
-from pipelines.edges import BANDS_PX, EdgeFit, scaled_max
+from pipelines.edges import BANDS_PX, EdgeFit, band_maxima, scaled_max
+from pipelines.metrics import image_auroc
 
 __all__ = [
     "MIN_TAIL_SCORES",
+    "BadImages",
     "FrrMethod",
     "GoodImages",
     "ThresholdResult",
@@ -316,6 +318,7 @@ class GoodImages:
         self._global: list[float] = []
         self._gains: tuple[float, ...] | None = None
         self._fitted = False
+        self._weighed: dict[str, Any] = {}
 
     def add(self, analysis: Any) -> None:
         """One good image's `pipelines.inference.Analysis` (made with `keep_branch_maps`)."""
@@ -339,13 +342,66 @@ class GoodImages:
         gains = self.edge_gains()
         return [(scaled_max(m, gains), g) for m, g in zip(self._band_max, self._global, strict=True)]
 
+    def weigh_edge_gains(self, bad: BadImages, *, target_frr: float) -> dict[str, Any]:
+        """Keep the fitted edge gains only if they separate these good images from the defective
+        ones at least as well as no gains do (image AUROC of the scores the inspector would give,
+        the whole-image branch aligned for each); else drop them. A line whose defective parts
+        show first at the frame's edge, or differ from good ones over the whole frame (edge
+        included), can lose by the gains; a user with defective images decides by them."""
+        gains = self.edge_gains()
+        if gains is None:
+            return {}
+        auroc = {}
+        for name, g in (("with", gains), ("without", None)):
+            good_parts = [(scaled_max(m, g), x) for m, x in zip(self._band_max, self._global, strict=True)]
+            alignment = align_parts(good_parts, target_frr=target_frr)
+            scores = np.concatenate([fuse(good_parts, alignment), fuse(bad.parts(g), alignment)])
+            labels = np.r_[np.zeros(len(good_parts)), np.ones(len(bad))]
+            auroc[name] = round(image_auroc(scores, labels), 6)
+        kept = auroc["with"] >= auroc["without"]
+        if not kept:
+            self._gains = None
+        self._weighed = {
+            "edge_gains_kept": kept,
+            "edge_auroc_with": auroc["with"],
+            "edge_auroc_without": auroc["without"],
+        }
+        return self._weighed
+
     def pixel_values(self, alignment: BranchAlignment | None) -> list[np.ndarray]:
         if self.pixels is None:
             raise CalibrationError("these good images were kept without pixel samples")
         return self.pixels.values(alignment, self.edge_gains())
 
     def edge_details(self) -> dict[str, Any]:
-        return {**self.edge_fit.details(), "edge_fitted": self.fit_edges}
+        return {**self.edge_fit.details(), "edge_fitted": self.fit_edges, **self._weighed}
+
+
+class BadImages:
+    """Defective images' analyses, measured without edge gains (per image the tile map's
+    per-band maxima and the whole-image branch's part), so that their scores under any edge
+    gains follow; with `masks`, sampled map pixels with their labels (`pixels`)."""
+
+    def __init__(self, *, bands_px: tuple[int, ...] = BANDS_PX) -> None:
+        self.bands_px = bands_px
+        self.pixels = PixelSamples()
+        self._band_max: list[np.ndarray] = []
+        self._global: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._band_max)
+
+    def add(self, analysis: Any, mask: np.ndarray | None = None) -> None:
+        """One defective image's `Analysis` (made with `keep_branch_maps`, without edge gains)."""
+        tile = analysis.anomaly_map if analysis.branch_maps is None else analysis.branch_maps[0]
+        self._band_max.append(band_maxima(tile, self.bands_px))
+        self._global.append(analysis.fusion_parts()[1])
+        if mask is not None:
+            self.pixels.add(analysis.anomaly_map, analysis.branch_maps, mask, bands_px=self.bands_px)
+
+    def parts(self, edge_gains: tuple[float, ...] | None) -> list[Parts]:
+        """Per image (tile score, branch part) as the inspector will see them with `edge_gains`."""
+        return [(scaled_max(m, edge_gains), g) for m, g in zip(self._band_max, self._global, strict=True)]
 
 
 def threshold_f1(

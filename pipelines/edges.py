@@ -17,7 +17,10 @@ than the good images say. A band with too few good pixels for its tail
 (`MIN_VALUES`) keeps gain 1 too. The gains apply to the tile map after stitching,
 in every inference mode, before it is fused with a whole-image branch; thresholds
 are then set on the scaled map. A defect on the edge still shows, at the edge's
-own noise level.
+own noise level. Defective images, where calibration has them, decide whether the
+gains stay (`calibration.threshold.GoodImages.weigh_edge_gains`): on bsdata the
+defective images differ from the good ones all over, the edge included, and one
+family's detection lived on the edge (BENCHMARKS.md, session 10).
 """
 
 from __future__ import annotations
@@ -72,6 +75,17 @@ def apply_gains(anomaly_map: np.ndarray, gains: Sequence[float], bands_px: Seque
             for rows, cols in rects:
                 anomaly_map[rows, cols] *= np.float32(gain)
     return anomaly_map
+
+
+def band_maxima(tile_map: np.ndarray, bands_px: Sequence[int]) -> np.ndarray:
+    """Per band, the map's maximum (-inf for an empty band): with `scaled_max`, the map's
+    maximum under any gains."""
+    out = np.full(len(bands_px), -np.inf)
+    for k, rects in enumerate(_bands(tile_map.shape, bands_px)):
+        parts = [p for p in (tile_map[rows, cols] for rows, cols in rects) if p.size]
+        if parts:
+            out[k] = max(float(p.max()) for p in parts)
+    return out
 
 
 def scaled_max(band_max: np.ndarray, gains: Sequence[float] | None) -> float:

@@ -12,6 +12,10 @@ NG part shows where. A minimum defect area (px or mm^2) keeps smaller blobs
 from making a part NG. Near the frame's edge, where good pixels can run
 hotter than inside, the tile map is scaled down band by band to the interior's
 level first (edge gains, `pipelines/edges.py`; `--no-edge-gains` turns it off).
+With `--bad` the gains are weighed: kept only if they separate the good from
+the defective images at least as well as no gains do (image AUROC), since a
+line whose defective parts differ at the frame's edge, or all over, loses by
+them (`edge_gains_kept`, `edge_auroc_with`, `edge_auroc_without` in the output).
 """
 
 from __future__ import annotations
@@ -94,9 +98,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run_threshold(args: argparse.Namespace) -> int:
     from calibration.threshold import (
+        BadImages,
         GoodImages,
-        Parts,
-        PixelSamples,
         align_parts,
         fuse,
         pixel_threshold_f1,
@@ -139,8 +142,9 @@ def run_threshold(args: argparse.Namespace) -> int:
             masks_dir = existing_dir(args.masks, what="--masks")
             mask_paths = [_mask_for(masks_dir, path) for path in bad_paths]
     progress = not args.no_progress
-    # The good images are measured without edge gains and with a whole-image branch (BVPN's
-    # logical module) unaligned. The edge gains (`pipelines.edges`) are fitted on them, then the
+    # The good (and bad) images are measured without edge gains and with a whole-image branch
+    # (BVPN's logical module) unaligned. The edge gains (`pipelines.edges`) are fitted on the good
+    # ones (and kept only if they separate good from bad at least as well as none do), then the
     # branch is aligned with the scaled tile map's tail (`align_branches`); image scores and
     # sampled map pixels are re-computed with both, exactly as the inspector will see them.
     inspector.analyser.global_gain = 1.0
@@ -149,19 +153,18 @@ def run_threshold(args: argparse.Namespace) -> int:
     goods = GoodImages(edges=not args.no_edge_gains)
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
         goods.add(a)
+    bads = BadImages(bands_px=goods.edge_fit.bands_px)
+    weighed: dict[str, object] = {}
+    if args.bad:  # measured like the good images; with them, the edge gains are weighed
+        for i, (_, a) in enumerate(analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")):
+            bads.add(a, _read_mask(mask_paths[i]) if mask_paths else None)
+        weighed = goods.weigh_edge_gains(bads, target_frr=args.target_frr)
     edge_gains = goods.edge_gains()
     good_parts = goods.parts()
     alignment = align_parts(good_parts, target_frr=args.target_frr)
     good = fuse(good_parts, alignment)
-    inspector.analyser.edge_gains = edge_gains  # the bad images as the inspector will see them
-    bad_pixels = PixelSamples()
     if args.bad:
-        bad_parts: list[Parts] = []
-        for i, (_, a) in enumerate(analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")):
-            bad_parts.append(a.fusion_parts())
-            if mask_paths:
-                bad_pixels.add(a.anomaly_map, a.branch_maps, _read_mask(mask_paths[i]))
-        bad = fuse(bad_parts, alignment)
+        bad = fuse(bads.parts(edge_gains), alignment)
         if args.cost:
             try:
                 fr, miss = (float(x) for x in args.cost.split(":"))
@@ -176,8 +179,8 @@ def run_threshold(args: argparse.Namespace) -> int:
         result = threshold_for_frr(good, target_frr=args.target_frr, confidence=args.confidence)
     good_values = goods.pixel_values(alignment)
     if mask_paths:
-        values = np.concatenate([*good_values, *bad_pixels.values(alignment)])
-        labels = np.concatenate([np.zeros(sum(v.size for v in good_values), bool), *bad_pixels.labels()])
+        values = np.concatenate([*good_values, *bads.pixels.values(alignment, edge_gains)])
+        labels = np.concatenate([np.zeros(sum(v.size for v in good_values), bool), *bads.pixels.labels()])
         pixel, pixel_f1 = pixel_threshold_f1(values, labels)
         pixel_how = {"pixel_method": "pixel_f1", "pixel_f1": pixel_f1}
     else:
@@ -222,6 +225,7 @@ def run_threshold(args: argparse.Namespace) -> int:
             "min_defect_area_mm2": calibration.min_defect_area_mm2,
             "global_gain": calibration.global_gain,
             "edge_gains": calibration.edge_gains,
+            **weighed,
         }
     )
     return 0

@@ -151,3 +151,18 @@ def test_edge_gains_scale_a_hot_frame_edge_and_the_threshold_holds_for_the_inspe
     scores = [inspector.analyse(cv2.imread(str(p))[:, :, ::-1]).score for p in sorted(good.iterdir())]
     rejected = sum(s >= cal.image_threshold for s in scores)
     assert rejected == round(out["expected_frr"] * len(scores))
+    # With defective images (a dark square inside) the gains are weighed on them, and the bundle
+    # says which way and why: gains kept exactly when they separate at least as well.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in sorted(good.iterdir())[:6]:
+        img = cv2.imread(str(p))
+        img[80:100, 90:110] = 0
+        cv2.imwrite(str(bad / p.name), img)
+    capsys.readouterr()
+    assert main([*argv, "--bad", str(bad)]) == 0
+    out = _last_json(capsys)
+    cal = load_bundle(bundle).meta.calibration
+    kept = out["edge_auroc_with"] >= out["edge_auroc_without"]
+    assert out["edge_gains_kept"] is kept and cal.details["edge_gains_kept"] is kept
+    assert bool(cal.edge_gains) is kept and out["method"] == "f1"

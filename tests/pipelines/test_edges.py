@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from calibration.threshold import GoodImages, PixelSamples, sample_map_pixels
+from calibration.threshold import BadImages, GoodImages, PixelSamples, sample_map_pixels
 from pipelines.bundle import Calibration
-from pipelines.edges import BANDS_PX, MIN_VALUES, EdgeFit, apply_gains, band_slices, check_bands, scaled_max
+from pipelines.edges import (
+    BANDS_PX,
+    MIN_VALUES,
+    EdgeFit,
+    apply_gains,
+    band_maxima,
+    band_slices,
+    check_bands,
+    scaled_max,
+)
 from pipelines.inference import TiledAnalyser
 
 
@@ -108,15 +117,19 @@ def _frame(rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def test_one_pass_over_good_images_predicts_the_analyser_with_the_fitted_gains() -> None:
-    """Calibration measures the good images once, without gains, and predicts their scores and
-    sampled pixels with the gains it then fits; the analyser with those gains must agree."""
-
+def _red_analyser() -> TiledAnalyser:
     def red(x: np.ndarray) -> np.ndarray:  # a "network" whose map is the red channel
         return x[:, :1].copy()
 
     analyser = TiledAnalyser(red, tile_px=64, overlap_px=16, margin_px=16)
     analyser.keep_branch_maps = True
+    return analyser
+
+
+def test_one_pass_over_good_images_predicts_the_analyser_with_the_fitted_gains() -> None:
+    """Calibration measures the good images once, without gains, and predicts their scores and
+    sampled pixels with the gains it then fits; the analyser with those gains must agree."""
+    analyser = _red_analyser()
     rng = np.random.default_rng(2)
     frames = [_frame(rng) for _ in range(20)]
     goods = GoodImages()
@@ -137,3 +150,59 @@ def test_one_pass_over_good_images_predicts_the_analyser_with_the_fitted_gains()
     off = GoodImages(edges=False)
     off.add(analyser(frames[0]))
     assert off.edge_gains() is None and off.edge_details()["edge_fitted"] is False
+
+
+def test_band_maxima_are_the_fits_per_band_maxima() -> None:
+    m = np.random.default_rng(3).random((70, 90)).astype(np.float32)
+    assert band_maxima(m, BANDS_PX).tolist() == EdgeFit().add(m).tolist()
+    tiny = band_maxima(np.ones((5, 9), np.float32), BANDS_PX)  # bands beyond the middle are empty
+    assert tiny[:3].tolist() == [1.0, 1.0, 1.0] and np.isneginf(tiny[3:]).all()
+
+
+def _weighed(bad_frames: list[np.ndarray]) -> tuple[GoodImages, dict[str, object]]:
+    """Good frames with a bright 3-px edge (gains fitted well below 1 there), half of them with a
+    small bright speck inside; the bad frames weighed against them."""
+    analyser = _red_analyser()
+    rng = np.random.default_rng(5)
+    goods = GoodImages()
+    for i in range(20):
+        f = _frame(rng)
+        if i % 2:
+            f[80:83, 80:83] = 120
+        goods.add(analyser(f))
+    bads = BadImages()
+    for f in bad_frames:
+        bads.add(analyser(f))
+    return goods, goods.weigh_edge_gains(bads, target_frr=0.05)
+
+
+def test_defective_images_keep_the_edge_gains_when_they_separate_better() -> None:
+    rng = np.random.default_rng(6)
+    bad = []
+    for _ in range(6):  # a defect inside: the gains take the good edges' noise away from it
+        f = _frame(rng)
+        f[60:65, 90:95] = 200
+        bad.append(f)
+    goods, weighed = _weighed(bad)
+    assert weighed["edge_gains_kept"] is True
+    assert weighed["edge_auroc_with"] == 1.0 and weighed["edge_auroc_without"] < 0.9
+    gains = goods.edge_gains()
+    assert gains is not None and gains[0] < 0.6
+    assert goods.edge_details()["edge_gains_kept"] is True
+
+
+def test_defective_images_drop_the_edge_gains_when_their_signal_is_at_the_edge() -> None:
+    """Defective frames that differ from good ones only at the edge (brighter than any good edge):
+    scaled down with the edge, they fall below the good frames' specks, so the gains go."""
+    rng = np.random.default_rng(7)
+    bad = []
+    for _ in range(6):
+        f = _frame(rng)
+        f[:3], f[-3:], f[:, :3], f[:, -3:] = 255, 255, 255, 255
+        bad.append(f)
+    goods, weighed = _weighed(bad)
+    assert weighed["edge_gains_kept"] is False
+    assert weighed["edge_auroc_without"] == 1.0 and weighed["edge_auroc_with"] < 0.9
+    assert goods.edge_gains() is None
+    assert all(t == float(m.max()) for (t, _), m in zip(goods.parts(), goods._band_max, strict=True))
+    assert goods.edge_details()["edge_auroc_with"] == weighed["edge_auroc_with"]
