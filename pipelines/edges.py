@@ -20,7 +20,7 @@ are then set on the scaled map. A defect on the edge still shows, at the edge's
 own noise level. Defective images, where calibration has them, decide whether the
 gains stay (`calibration.threshold.GoodImages.weigh_edge_gains`): on bsdata the
 defective images differ from the good ones all over, the edge included, and one
-family's detection lived on the edge (BENCHMARKS.md, session 10).
+family's detection lived on the edge (BENCHMARKS.md, sessions 9 to 11).
 """
 
 from __future__ import annotations

@@ -52,9 +52,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scoring": "ssim+perceptual",
         "width": 64,
         "latent": 32,
-        # 3000 with the 13-min stop (BENCHMARKS.md, session 10): deeppcb 0.814 / 0.925 -> 0.903 / 0.938
-        # against 1500 (bsdata 0.852 / 0.888 -> 0.782 / 0.890); on the 2-core CPU the stop ends
-        # deeppcb's run near 1900 iterations
+        # 3000 with the 13-min stop (BENCHMARKS.md, sessions 9 to 11): deeppcb 0.814 / 0.925 -> 0.903 / 0.938
+        # against 1500 (bsdata 0.852 / 0.888 -> 0.782 / 0.890 and, seed 1, 0.818 / 0.888); on the
+        # 2-core CPU the stop ends deeppcb's run near 1900 iterations
         "iterations": 3000,
         "batch": 8,
         "crop_px": 128,
