@@ -388,6 +388,17 @@ def first_calibration(
     goods = GoodImages(pixels=False)
     for img in held:
         goods.add(analyser(img))
+    gains = goods.edge_gains()
+    if gains is not None and min(gains) < 1.0:
+        log.info(
+            "edge gains %s for the bands from %s px of the frame's edge (fitted on %d held-out good "
+            "frames): where defective parts can differ at the edge or all over, check them with "
+            "`aoi calibrate --bundle B --good DIR --bad DIR`, which keeps them only if they separate "
+            "good from defective at least as well as none",
+            [round(g, 2) for g in gains],
+            list(goods.edge_fit.bands_px),
+            len(held),
+        )
     scores = np.array([max(t, g) for t, g in goods.parts()])  # the branch's gain stays 1 here
     try:
         result = threshold_for_frr(scores, target_frr=0.01)
@@ -399,7 +410,7 @@ def first_calibration(
         "image_threshold": float(threshold),
         "pixel_threshold": float(threshold),
         "edge_bands_px": list(goods.edge_fit.bands_px),
-        "edge_gains": list(goods.edge_gains() or ()),
+        "edge_gains": list(gains or ()),
         "method": method,
         "details": {
             **goods.edge_details(),

@@ -4,8 +4,11 @@ gives once the gains are set."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from calibration.threshold import BadImages, GoodImages, PixelSamples, sample_map_pixels
@@ -21,6 +24,7 @@ from pipelines.edges import (
     scaled_max,
 )
 from pipelines.inference import TiledAnalyser
+from pipelines.training import first_calibration
 
 
 def _band_index(h: int, w: int, bands: tuple[int, ...]) -> np.ndarray:
@@ -206,3 +210,36 @@ def test_defective_images_drop_the_edge_gains_when_their_signal_is_at_the_edge()
     assert goods.edge_gains() is None
     assert all(t == float(m.max()) for (t, _), m in zip(goods.parts(), goods._band_max, strict=True))
     assert goods.edge_details()["edge_auroc_with"] == weighed["edge_auroc_with"]
+
+
+class _RedNet(torch.nn.Module):
+    """A "network" whose map is the red channel (as `_red_analyser`), for the training-side fit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1].clone()
+
+
+def test_training_fits_the_gains_on_held_out_frames_and_says_how_to_check_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = np.random.default_rng(8)
+    held = [_frame(rng) for _ in range(20)]
+    with caplog.at_level(logging.INFO, logger="pipelines.training"):
+        cal = first_calibration(_RedNet(), None, held, tile_px=64, overlap_px=16)
+    goods = GoodImages()
+    analyser = _red_analyser()
+    for f in held:
+        goods.add(analyser(f))
+    assert cal["edge_gains"] == pytest.approx(list(goods.edge_gains() or ()))
+    assert cal["edge_gains"][0] < 0.6 and cal["edge_bands_px"] == list(BANDS_PX)
+    hint = [r.getMessage() for r in caplog.records if "edge gains" in r.getMessage()]
+    assert len(hint) == 1 and "aoi calibrate" in hint[0] and "--bad" in hint[0] and "20 held-out" in hint[0]
+    calm = [
+        np.full((160, 176, 3), 40, np.uint8) + rng.integers(0, 30, (160, 176, 3)).astype(np.uint8)
+        for _ in range(20)
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipelines.training"):
+        flat = first_calibration(_RedNet(), None, calm, tile_px=64, overlap_px=16)
+    assert not [r for r in caplog.records if "edge gains" in r.getMessage()]
+    assert all(g == 1.0 for g in flat["edge_gains"])  # none fitted (empty) or all 1: no scaling
