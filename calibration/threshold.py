@@ -304,29 +304,48 @@ class PixelSamples:
         return [lab for lab in self._labels if lab is not None]
 
 
-class GoodImages:
-    """The good images' analyses as calibration needs them, measured with the whole-image
-    branch's gain at 1 and without edge gains, so that both can be chosen after all images
-    are seen: per image the tile map's per-band maxima and the branch's part, and sampled
-    map pixels (`pixels`). `edges`: fit edge gains (`pipelines.edges`), else none."""
+class _MeasuredImages:
+    """Analyses measured with the whole-image branch's gain at 1 and without edge gains: per
+    image the tile map's per-band maxima and the branch's part, from which the scores the
+    inspector gives under any edge gains follow (`pipelines.edges.scaled_max`)."""
+
+    def __init__(self, bands_px: tuple[int, ...]) -> None:
+        self.bands_px = tuple(bands_px)
+        self._band_max: list[np.ndarray] = []
+        self._global: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._band_max)
+
+    def _measure(self, analysis: Any) -> np.ndarray:
+        """Keep the analysis's branch part; returns its tile map, whose band maxima the caller keeps."""
+        self._global.append(analysis.fusion_parts()[1])
+        return analysis.anomaly_map if analysis.branch_maps is None else analysis.branch_maps[0]
+
+    def parts_under(self, edge_gains: tuple[float, ...] | None) -> list[Parts]:
+        """Per image (tile score, branch part) as the inspector will see them with `edge_gains`."""
+        return [(scaled_max(m, edge_gains), g) for m, g in zip(self._band_max, self._global, strict=True)]
+
+
+class GoodImages(_MeasuredImages):
+    """The good images' analyses as calibration needs them (`_MeasuredImages`), so that the
+    branch's gain and the edge gains can be chosen after all images are seen, and sampled map
+    pixels (`pixels`). `edges`: fit edge gains (`pipelines.edges`), else none."""
 
     def __init__(self, *, edges: bool = True, pixels: bool = True, bands_px: tuple[int, ...] = BANDS_PX):
         self.edge_fit = EdgeFit(bands_px)
+        super().__init__(self.edge_fit.bands_px)
         self.fit_edges = edges
         self.pixels = PixelSamples() if pixels else None
-        self._band_max: list[np.ndarray] = []
-        self._global: list[float] = []
         self._gains: tuple[float, ...] | None = None
         self._fitted = False
         self._weighed: dict[str, Any] = {}
 
     def add(self, analysis: Any) -> None:
         """One good image's `pipelines.inference.Analysis` (made with `keep_branch_maps`)."""
-        tile = analysis.anomaly_map if analysis.branch_maps is None else analysis.branch_maps[0]
-        self._band_max.append(self.edge_fit.add(tile))
-        self._global.append(analysis.fusion_parts()[1])
+        self._band_max.append(self.edge_fit.add(self._measure(analysis)))
         if self.pixels is not None:
-            self.pixels.add(analysis.anomaly_map, analysis.branch_maps, bands_px=self.edge_fit.bands_px)
+            self.pixels.add(analysis.anomaly_map, analysis.branch_maps, bands_px=self.bands_px)
         self._fitted = False
 
     def edge_gains(self) -> tuple[float, ...] | None:
@@ -339,8 +358,7 @@ class GoodImages:
 
     def parts(self) -> list[Parts]:
         """Per image (tile score, branch part) as the inspector will see them with the edge gains."""
-        gains = self.edge_gains()
-        return [(scaled_max(m, gains), g) for m, g in zip(self._band_max, self._global, strict=True)]
+        return self.parts_under(self.edge_gains())
 
     def weigh_edge_gains(self, bad: BadImages, *, target_frr: float) -> dict[str, Any]:
         """Keep the fitted edge gains only if they separate these good images from the defective
@@ -353,9 +371,9 @@ class GoodImages:
             return {}
         auroc = {}
         for name, g in (("with", gains), ("without", None)):
-            good_parts = [(scaled_max(m, g), x) for m, x in zip(self._band_max, self._global, strict=True)]
+            good_parts = self.parts_under(g)
             alignment = align_parts(good_parts, target_frr=target_frr)
-            scores = np.concatenate([fuse(good_parts, alignment), fuse(bad.parts(g), alignment)])
+            scores = np.concatenate([fuse(good_parts, alignment), fuse(bad.parts_under(g), alignment)])
             labels = np.r_[np.zeros(len(good_parts)), np.ones(len(bad))]
             auroc[name] = round(image_auroc(scores, labels), 6)
         kept = auroc["with"] >= auroc["without"]
@@ -377,31 +395,19 @@ class GoodImages:
         return {**self.edge_fit.details(), "edge_fitted": self.fit_edges, **self._weighed}
 
 
-class BadImages:
-    """Defective images' analyses, measured without edge gains (per image the tile map's
-    per-band maxima and the whole-image branch's part), so that their scores under any edge
-    gains follow; with `masks`, sampled map pixels with their labels (`pixels`)."""
+class BadImages(_MeasuredImages):
+    """Defective images' analyses (`_MeasuredImages`), so that their scores under any edge gains
+    follow; with masks, sampled map pixels with their labels (`pixels`)."""
 
     def __init__(self, *, bands_px: tuple[int, ...] = BANDS_PX) -> None:
-        self.bands_px = bands_px
+        super().__init__(bands_px)
         self.pixels = PixelSamples()
-        self._band_max: list[np.ndarray] = []
-        self._global: list[float] = []
-
-    def __len__(self) -> int:
-        return len(self._band_max)
 
     def add(self, analysis: Any, mask: np.ndarray | None = None) -> None:
         """One defective image's `Analysis` (made with `keep_branch_maps`, without edge gains)."""
-        tile = analysis.anomaly_map if analysis.branch_maps is None else analysis.branch_maps[0]
-        self._band_max.append(band_maxima(tile, self.bands_px))
-        self._global.append(analysis.fusion_parts()[1])
+        self._band_max.append(band_maxima(self._measure(analysis), self.bands_px))
         if mask is not None:
             self.pixels.add(analysis.anomaly_map, analysis.branch_maps, mask, bands_px=self.bands_px)
-
-    def parts(self, edge_gains: tuple[float, ...] | None) -> list[Parts]:
-        """Per image (tile score, branch part) as the inspector will see them with `edge_gains`."""
-        return [(scaled_max(m, edge_gains), g) for m, g in zip(self._band_max, self._global, strict=True)]
 
 
 def threshold_f1(

@@ -77,15 +77,22 @@ def apply_gains(anomaly_map: np.ndarray, gains: Sequence[float], bands_px: Seque
     return anomaly_map
 
 
+def _band_parts(tile_map: np.ndarray, bands_px: Sequence[int]) -> list[list[np.ndarray]]:
+    """Per band, the map's non-empty rectangles of it (views)."""
+    return [
+        [p for p in (tile_map[rows, cols] for rows, cols in rects) if p.size]
+        for rects in _bands(tile_map.shape, bands_px)
+    ]
+
+
+def _maxima(band_parts: list[list[np.ndarray]]) -> np.ndarray:
+    return np.array([max(float(p.max()) for p in parts) if parts else -np.inf for parts in band_parts])
+
+
 def band_maxima(tile_map: np.ndarray, bands_px: Sequence[int]) -> np.ndarray:
     """Per band, the map's maximum (-inf for an empty band): with `scaled_max`, the map's
     maximum under any gains."""
-    out = np.full(len(bands_px), -np.inf)
-    for k, rects in enumerate(_bands(tile_map.shape, bands_px)):
-        parts = [p for p in (tile_map[rows, cols] for rows, cols in rects) if p.size]
-        if parts:
-            out[k] = max(float(p.max()) for p in parts)
-    return out
+    return _maxima(_band_parts(tile_map, bands_px))
 
 
 def scaled_max(band_max: np.ndarray, gains: Sequence[float] | None) -> float:
@@ -106,13 +113,11 @@ class EdgeFit:
 
     def add(self, tile_map: np.ndarray) -> np.ndarray:
         """Take one good image's tile map; returns its per-band maxima (-inf for an empty band)."""
-        out = np.full(len(self.bands_px), -np.inf)
-        for k, rects in enumerate(_bands(tile_map.shape, self.bands_px)):
-            parts = [tile_map[rows, cols] for rows, cols in rects]
+        band_parts = _band_parts(tile_map, self.bands_px)
+        for k, parts in enumerate(band_parts):
             n = sum(p.size for p in parts)
             if n == 0:
                 continue
-            out[k] = max(float(p.max()) for p in parts if p.size)
             self._counts[k] += n
             if n <= SAMPLES_PER_BAND:
                 self._values[k].append(np.concatenate([p.ravel() for p in parts]))
@@ -126,7 +131,7 @@ class EdgeFit:
                         ys = self._rng.integers(0, p.shape[0], m)
                         xs = self._rng.integers(0, p.shape[1], m)
                         self._values[k].append(p[ys, xs])
-        return out
+        return _maxima(band_parts)
 
     def tails(self) -> list[float | None]:
         """Per band, the good pixels' `QUANTILE` value, or None with fewer than `MIN_VALUES` pixels."""

@@ -153,7 +153,7 @@ def run_threshold(args: argparse.Namespace) -> int:
     goods = GoodImages(edges=not args.no_edge_gains)
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
         goods.add(a)
-    bads = BadImages(bands_px=goods.edge_fit.bands_px)
+    bads = BadImages(bands_px=goods.bands_px)
     weighed: dict[str, object] = {}
     if args.bad:  # measured like the good images; with them, the edge gains are weighed
         for i, (_, a) in enumerate(analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")):
@@ -164,7 +164,7 @@ def run_threshold(args: argparse.Namespace) -> int:
     alignment = align_parts(good_parts, target_frr=args.target_frr)
     good = fuse(good_parts, alignment)
     if args.bad:
-        bad = fuse(bads.parts(edge_gains), alignment)
+        bad = fuse(bads.parts_under(edge_gains), alignment)
         if args.cost:
             try:
                 fr, miss = (float(x) for x in args.cost.split(":"))
