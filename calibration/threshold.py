@@ -39,10 +39,13 @@ from pipelines.metrics import image_auroc
 
 __all__ = [
     "MIN_TAIL_SCORES",
+    "SURFACE_SHARE",
     "BadImages",
     "FrrMethod",
+    "Fusion",
     "GoodImages",
     "ThresholdResult",
+    "align_surface",
     "clopper_pearson_upper",
     "images_needed",
     "pixel_threshold_f1",
@@ -62,6 +65,7 @@ MIN_TAIL_SCORES = 20
 # never fewer than this many, so that its scale is not set by two or three values.
 _MIN_EXCEEDANCES = 10
 MAX_PIXEL_SAMPLES = 65_536  # pixels sampled per map for the pixel threshold (`sample_map_pixels`)
+SURFACE_SHARE = 0.1  # the surface score's share of the false-reject target (`align_surface`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,11 +257,97 @@ def align_parts(good: list[Parts], *, target_frr: float) -> BranchAlignment | No
 
 
 def fuse(parts: list[Parts], alignment: BranchAlignment | None) -> np.ndarray:
-    """Image scores as the inspector computes them with `alignment`: max(tile, gain * global)."""
+    """Image scores as the inspector computes them with `alignment`: max(tile, gain * global),
+    the gain 1 without one (and the tile score alone without a branch, whose part is -inf)."""
     tiles = np.array([t for t, _ in parts], dtype=np.float64)
-    if alignment is None:
-        return tiles
-    return np.maximum(tiles, alignment.apply([g for _, g in parts]))
+    branch = np.array([g for _, g in parts], dtype=np.float64)
+    return np.maximum(tiles, branch if alignment is None else alignment.apply(branch))
+
+
+@dataclasses.dataclass(frozen=True)
+class SurfaceAlignment:
+    """The surface score's map from the tile map's interior mean: offset + gain * mean."""
+
+    offset: float
+    gain: float
+    score_median: float
+    score_tail: float  # the image scores' tail for `score_tail_frr` (a fraction)
+    mean_median: float
+    mean_tail: float  # the interior means' tail for `mean_tail_frr`, put on `score_tail`
+    score_tail_frr: float
+    mean_tail_frr: float
+
+    def apply(self, means: npt.ArrayLike) -> np.ndarray:
+        return self.offset + self.gain * np.asarray(means, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def align_surface(
+    image_scores: npt.ArrayLike,
+    interior_means: npt.ArrayLike,
+    *,
+    target_frr: float,
+    share: float = SURFACE_SHARE,
+) -> SurfaceAlignment:
+    """Put the good images' interior means on their image scores' scale, median on median and
+    tail on tail: the means' tail for `target_frr * share` (`threshold_for_frr`) lands on the
+    scores' tail for `target_frr / 2` (the peak's, as in `align_branches`). The surface score
+    then rejects about `share` of the target of good parts at the common threshold: little, so
+    it fires only on surfaces beyond the good ones' spread and costs a line of small local
+    defects next to nothing (BENCHMARKS.md, session 12). Affine, not a gain: a map normalised to
+    good pixels has its mean near zero, where a gain alone has no scale.
+
+    Raises CalibrationError, saying why, where it cannot be placed: too few images for the
+    tails, means without spread, or a frame without interior."""
+    t = _scores(image_scores, "image scores", "good")
+    m = np.asarray(interior_means, dtype=np.float64).ravel()
+    if m.size != t.size:
+        raise CalibrationError(f"{t.size} image scores but {m.size} interior means: one of each per image")
+    if not np.isfinite(m).all():
+        raise CalibrationError("a frame has no interior (all of it within the edge bands): no surface score")
+    tt = threshold_for_frr(t, target_frr=target_frr / 2).threshold
+    tm = threshold_for_frr(m, target_frr=target_frr * share).threshold
+    mt, mm = float(np.median(t)), float(np.median(m))
+    gain = (tt - mt) / (tm - mm) if tm > mm and tt > mt else math.nan
+    if not (math.isfinite(gain) and gain > 0):
+        raise CalibrationError("the good images' interior means have no spread: no scale for a surface score")
+    return SurfaceAlignment(mt - gain * mm, gain, mt, tt, mm, tm, target_frr / 2, target_frr * share)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fusion:
+    """How calibration has the inspector make an image's score: the edge gains on the tile map,
+    the whole-image branch's gain (`align_branches`) and the surface score (`align_surface`)."""
+
+    edge_gains: tuple[float, ...] | None
+    alignment: BranchAlignment | None
+    surface: SurfaceAlignment | None
+    surface_note: str = ""  # why the surface score is off, where it was asked for
+
+    def scores(self, images: _MeasuredImages) -> np.ndarray:
+        """The image scores the inspector will give these images (measured as `_MeasuredImages`)."""
+        scores = fuse(images.parts_under(self.edge_gains), self.alignment)
+        if self.surface is None:
+            return scores
+        return np.maximum(scores, self.surface.apply(images.interior_means()))
+
+    def calibration_fields(self) -> dict[str, Any]:
+        """The `pipelines.bundle.Calibration` fields it sets."""
+        return {
+            "global_gain": self.alignment.gain if self.alignment is not None else 1.0,
+            "edge_gains": list(self.edge_gains or ()),
+            "surface_gain": self.surface.gain if self.surface is not None else 0.0,
+            "surface_offset": self.surface.offset if self.surface is not None else 0.0,
+        }
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "branch_alignment": self.alignment.to_dict() if self.alignment is not None else None,
+            "surface_alignment": self.surface.to_dict() if self.surface is not None else None,
+            **({"surface_off": self.surface_note} if self.surface_note else {}),
+        }
 
 
 class PixelSamples:
@@ -305,37 +395,54 @@ class PixelSamples:
 
 
 class _MeasuredImages:
-    """Analyses measured with the whole-image branch's gain at 1 and without edge gains: per
-    image the tile map's per-band maxima and the branch's part, from which the scores the
-    inspector gives under any edge gains follow (`pipelines.edges.scaled_max`)."""
+    """Analyses measured with the whole-image branch's gain at 1, without edge gains and without
+    the surface score: per image the tile map's per-band maxima, the branch's part and the
+    tile map's interior mean, from which the scores the inspector gives under any edge gains,
+    branch gain and surface score follow (`Fusion.scores`)."""
 
     def __init__(self, bands_px: tuple[int, ...]) -> None:
         self.bands_px = tuple(bands_px)
         self._band_max: list[np.ndarray] = []
         self._global: list[float] = []
+        self._interior: list[float] = []
 
     def __len__(self) -> int:
         return len(self._band_max)
 
     def _measure(self, analysis: Any) -> np.ndarray:
-        """Keep the analysis's branch part; returns its tile map, whose band maxima the caller keeps."""
+        """Keep the analysis's branch part and interior mean; returns its tile map, whose band
+        maxima the caller keeps."""
         self._global.append(analysis.fusion_parts()[1])
+        self._interior.append(math.nan if analysis.surface_mean is None else analysis.surface_mean)
         return analysis.anomaly_map if analysis.branch_maps is None else analysis.branch_maps[0]
 
     def parts_under(self, edge_gains: tuple[float, ...] | None) -> list[Parts]:
         """Per image (tile score, branch part) as the inspector will see them with `edge_gains`."""
         return [(scaled_max(m, edge_gains), g) for m, g in zip(self._band_max, self._global, strict=True)]
 
+    def interior_means(self) -> np.ndarray:
+        """Per image the tile map's interior mean (NaN for a frame without interior)."""
+        return np.array(self._interior, dtype=np.float64)
+
 
 class GoodImages(_MeasuredImages):
     """The good images' analyses as calibration needs them (`_MeasuredImages`), so that the
-    branch's gain and the edge gains can be chosen after all images are seen, and sampled map
-    pixels (`pixels`). `edges`: fit edge gains (`pipelines.edges`), else none."""
+    edge gains, the branch's gain and the surface score can be chosen after all images are
+    seen, and sampled map pixels (`pixels`). `edges`: fit edge gains (`pipelines.edges`), else
+    none. `surface`: score the surface too (`align_surface`), else not."""
 
-    def __init__(self, *, edges: bool = True, pixels: bool = True, bands_px: tuple[int, ...] = BANDS_PX):
+    def __init__(
+        self,
+        *,
+        edges: bool = True,
+        surface: bool = True,
+        pixels: bool = True,
+        bands_px: tuple[int, ...] = BANDS_PX,
+    ):
         self.edge_fit = EdgeFit(bands_px)
         super().__init__(self.edge_fit.bands_px)
         self.fit_edges = edges
+        self.use_surface = surface
         self.pixels = PixelSamples() if pixels else None
         self._gains: tuple[float, ...] | None = None
         self._fitted = False
@@ -360,43 +467,75 @@ class GoodImages(_MeasuredImages):
         """Per image (tile score, branch part) as the inspector will see them with the edge gains."""
         return self.parts_under(self.edge_gains())
 
-    def weigh_edge_gains(self, bad: BadImages, *, target_frr: float) -> dict[str, Any]:
-        """Keep the fitted edge gains only if they separate these good images from the defective
-        ones at least as well as no gains do (image AUROC of the scores the inspector would give,
-        the whole-image branch aligned for each); else drop them. A line whose defective parts
-        show first at the frame's edge, or differ from good ones over the whole frame (edge
-        included), can lose by the gains; a user with defective images decides by them."""
+    def fusion(
+        self,
+        *,
+        target_frr: float,
+        edge_gains: tuple[float, ...] | Literal["fitted"] | None = "fitted",
+        surface: bool | None = None,
+        align: bool = True,
+    ) -> Fusion:
+        """The fusion for these good images: the edge gains (the fitted ones by default), the
+        whole-image branch aligned with the tile map (`align`; else its gain stays 1) and the
+        surface score aligned with both (`surface`, by default `self.use_surface`)."""
+        gains = self.edge_gains() if edge_gains == "fitted" else edge_gains
+        parts = self.parts_under(gains)
+        alignment = align_parts(parts, target_frr=target_frr) if align else None
+        on = self.use_surface if surface is None else surface
+        if not on:
+            return Fusion(gains, alignment, None)
+        try:
+            placed = align_surface(fuse(parts, alignment), self.interior_means(), target_frr=target_frr)
+        except CalibrationError as exc:
+            return Fusion(gains, alignment, None, str(exc))
+        return Fusion(gains, alignment, placed)
+
+    def weigh(self, bad: BadImages, *, target_frr: float) -> dict[str, Any]:
+        """Keep the fitted edge gains and the surface score only where they separate these good
+        images from the defective ones at least as well as leaving them out (image AUROC of the
+        scores the inspector would give, the branch and the surface aligned for each option;
+        a tie keeps what is fitted by default). A line whose defective parts show first at the
+        frame's edge, or differ from good ones over the whole frame (edge included), can lose
+        by the gains; one whose defects are small and local can lose by the surface score."""
         gains = self.edge_gains()
-        if gains is None:
-            return {}
-        auroc = {}
-        for name, g in (("with", gains), ("without", None)):
-            good_parts = self.parts_under(g)
-            alignment = align_parts(good_parts, target_frr=target_frr)
-            scores = np.concatenate([fuse(good_parts, alignment), fuse(bad.parts_under(g), alignment)])
-            labels = np.r_[np.zeros(len(good_parts)), np.ones(len(bad))]
-            auroc[name] = round(image_auroc(scores, labels), 6)
-        kept = auroc["with"] >= auroc["without"]
-        if not kept:
-            self._gains = None
+        options = [
+            (g, s)
+            for g in ([gains, None] if gains is not None else [None])
+            for s in ([True, False] if self.use_surface else [False])
+        ]
+        labels = np.r_[np.zeros(len(self)), np.ones(len(bad))]
+        table: list[dict[str, Any]] = []
+        best, best_auroc = options[0], -1.0
+        for g, s in options:
+            f = self.fusion(target_frr=target_frr, edge_gains=g, surface=s)
+            kind = (g is not None, f.surface is not None)
+            if any((r["edge_gains"], r["surface"]) == kind for r in table):
+                continue  # the surface asked for but not placed: the same as without
+            auroc = round(image_auroc(np.concatenate([f.scores(self), f.scores(bad)]), labels), 6)
+            table.append({"edge_gains": kind[0], "surface": kind[1], "auroc": auroc})
+            if auroc > best_auroc:
+                best, best_auroc = (g, s), auroc
+        self._gains, self.use_surface = best
+        self._fitted = True
         self._weighed = {
-            "edge_gains_kept": kept,
-            "edge_auroc_with": auroc["with"],
-            "edge_auroc_without": auroc["without"],
+            "edge_gains_kept": best[0] is not None,
+            "surface_kept": self.fusion(target_frr=target_frr).surface is not None,
+            "weighed_auroc": best_auroc,
+            "weighed_options": table,
         }
         return self._weighed
 
-    def pixel_values(self, alignment: BranchAlignment | None) -> list[np.ndarray]:
+    def pixel_values(self, fusion: Fusion) -> list[np.ndarray]:
         if self.pixels is None:
             raise CalibrationError("these good images were kept without pixel samples")
-        return self.pixels.values(alignment, self.edge_gains())
+        return self.pixels.values(fusion.alignment, fusion.edge_gains)
 
     def edge_details(self) -> dict[str, Any]:
         return {**self.edge_fit.details(), "edge_fitted": self.fit_edges, **self._weighed}
 
 
 class BadImages(_MeasuredImages):
-    """Defective images' analyses (`_MeasuredImages`), so that their scores under any edge gains
+    """Defective images' analyses (`_MeasuredImages`), so that their scores under any fusion
     follow; with masks, sampled map pixels with their labels (`pixels`)."""
 
     def __init__(self, *, bands_px: tuple[int, ...] = BANDS_PX) -> None:

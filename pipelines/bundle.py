@@ -85,6 +85,17 @@ class Calibration(Settings):
         "interior / band where a band's good tail is heavier, else 1 (dimensionless, in (0, 1]; "
         "empty: no edge scaling)",
     )
+    surface_gain: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="the surface score, surface_offset + surface_gain * the tile map's mean inside the "
+        "edge bands, joins the image score: it judges the whole surface (rougher, duller, another "
+        "finish) where no one place stands out; calibration sets both so that on the good images its "
+        "median and tail meet the image score's (dimensionless; 0: off)",
+    )
+    surface_offset: float = Field(
+        default=0.0, description="see surface_gain (on the calibrated scale of the image score)"
+    )
     inference_mode: str = Field(
         default="tiles",
         description="the inference mode the thresholds were made in: tiles, or whole (whole, halo and "
@@ -104,6 +115,10 @@ class Calibration(Settings):
         if any(not 0.0 < g <= 1.0 for g in self.edge_gains):
             raise ValueError(f"edge_gains {self.edge_gains} must lie in (0, 1]: re-run aoi calibrate")
         return self
+
+    def surface(self) -> tuple[float, float] | None:
+        """(offset, gain) of the surface score for the analyser, or None when it is off."""
+        return (self.surface_offset, self.surface_gain) if self.surface_gain > 0 else None
 
 
 class BundleMeta(Settings):

@@ -18,7 +18,7 @@ than the good images say. A band with too few good pixels for its tail
 in every inference mode, before it is fused with a whole-image branch; thresholds
 are then set on the scaled map. A defect on the edge still shows, at the edge's
 own noise level. Defective images, where calibration has them, decide whether the
-gains stay (`calibration.threshold.GoodImages.weigh_edge_gains`): on bsdata the
+gains stay (`calibration.threshold.GoodImages.weigh`): on bsdata the
 defective images differ from the good ones all over, the edge included, and one
 family's detection lived on the edge (BENCHMARKS.md, sessions 9 to 11).
 """
@@ -93,6 +93,14 @@ def band_maxima(tile_map: np.ndarray, bands_px: Sequence[int]) -> np.ndarray:
     """Per band, the map's maximum (-inf for an empty band): with `scaled_max`, the map's
     maximum under any gains."""
     return _maxima(_band_parts(tile_map, bands_px))
+
+
+def interior_mean(tile_map: np.ndarray, bands_px: Sequence[int]) -> float | None:
+    """The map's mean over its last band (the interior, where the edge gains are 1): the surface
+    score's raw value (`pipelines.inference.TiledAnalyser`); None where the frame has no interior."""
+    h, w = tile_map.shape[:2]
+    rects = band_slices(h, w, bands_px[-1], None)  # one rectangle, or none in a frame too small
+    return float(tile_map[rects[0]].mean()) if rects else None
 
 
 def scaled_max(band_max: np.ndarray, gains: Sequence[float] | None) -> float:

@@ -48,7 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipelines.edges import BANDS_PX, apply_gains
+from pipelines.edges import BANDS_PX, apply_gains, interior_mean
 from pipelines.errors import DataError
 from pipelines.models.base import GlobalBranch
 from pipelines.tiling import TilePlan
@@ -84,6 +84,15 @@ class Analysis:
     global_map_max: float | None = None
     # (tile map, global map) before fusion, only when the analyser keeps them (calibration)
     branch_maps: tuple[np.ndarray, np.ndarray] | None = None
+    # the tile map's interior mean before edge gains (when the surface score is on, or in
+    # calibration), and the surface score made of it (when on): see TiledAnalyser
+    surface_mean: float | None = None
+    surface_score: float | None = None
+
+    def whole_image_scores(self) -> tuple[float, ...]:
+        """The scores that judge the whole image rather than a place in it (the global branch's,
+        the surface score): each can make a part NG without a blob in the map."""
+        return tuple(s for s in (self.global_score, self.surface_score) if s is not None)
 
     def fusion_parts(self) -> tuple[float, float]:
         """(tile score, the global branch's larger of score and map maximum, or -inf): the image
@@ -121,6 +130,7 @@ class TiledAnalyser:
         core_px: int = HALO_CORE_PX,
         edge_gains: Sequence[float] | None = None,
         edge_bands_px: Sequence[int] = BANDS_PX,
+        surface: tuple[float, float] | None = None,
     ) -> None:
         """`whole_bytes_per_px`: activation memory of the network per input pixel
         (bytes), which "auto" needs; without it "auto" stays with tiles.
@@ -129,7 +139,11 @@ class TiledAnalyser:
         `halo_px`, `core_px`: halo tiles (multiples of 32); "halo" needs `halo_px`, and "auto"
         without it falls back to "tiles" where the whole frame does not fit.
         `edge_gains`, `edge_bands_px`: the calibration's factors on the tile map by distance from
-        the frame's edge (`pipelines.edges`); None or empty: none."""
+        the frame's edge (`pipelines.edges`); None or empty: none.
+        `surface`: (offset, gain) of the surface score, offset + gain * the tile map's interior
+        mean (`pipelines.edges.interior_mean`, before the edge gains), which joins the image
+        score: a part whose whole surface departs from good ones (rougher, duller, another
+        finish) without one place standing out. The calibration's; None: off."""
         if mode not in MODES:
             raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
         if reference_frame is not None and mode in ("whole", "halo"):
@@ -159,6 +173,7 @@ class TiledAnalyser:
         self.keep_branch_maps = False  # calibration sets it: Analysis.branch_maps
         self.edge_gains = tuple(edge_gains) if edge_gains else None  # calibration turns them off to fit them
         self.edge_bands_px = tuple(edge_bands_px)
+        self.surface = surface
 
     def plan(self, height_px: int, width_px: int) -> TilePlan:
         return _plan(height_px, width_px, self.tile_px, self.overlap_px)
@@ -298,19 +313,36 @@ class TiledAnalyser:
             tile = self.halo_map(rgb)
         else:
             tile = self.tile_map(rgb)
+        measured = self.surface is not None or self.keep_branch_maps
+        surface_mean = interior_mean(tile, self.edge_bands_px) if measured else None
+        surface_score = None
+        if self.surface is not None and surface_mean is not None:
+            surface_score = self.surface[0] + self.surface[1] * surface_mean
         if self.edge_gains is not None:
             apply_gains(tile, self.edge_gains, self.edge_bands_px)
         tile_score = float(tile.max())
         if self.global_branch is None:
-            return Analysis(tile_score, tile, tile_score, None)
+            score = tile_score if surface_score is None else max(tile_score, surface_score)
+            return Analysis(
+                score, tile, tile_score, None, surface_mean=surface_mean, surface_score=surface_score
+            )
         g = self.global_branch(rgb)
         gain = self.global_gain
         global_map = g.anomaly_map * np.float32(gain) if gain != 1.0 else g.anomaly_map
         global_score = gain * g.score
         fused = np.maximum(tile, global_map)
-        score = max(float(fused.max()), global_score)
+        score = max(float(fused.max()), global_score, -np.inf if surface_score is None else surface_score)
         kept = (tile, global_map) if self.keep_branch_maps else None
-        return Analysis(score, fused, tile_score, global_score, float(global_map.max()), kept)
+        return Analysis(
+            score,
+            fused,
+            tile_score,
+            global_score,
+            float(global_map.max()),
+            kept,
+            surface_mean=surface_mean,
+            surface_score=surface_score,
+        )
 
 
 def torch_infer(net: Any) -> InferFn:

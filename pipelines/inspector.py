@@ -6,6 +6,7 @@ line, the GUI), so the maths exists once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -67,7 +68,8 @@ def decide(
     analysis: Analysis, calibration: Calibration, *, mm_per_px: float | None = None
 ) -> tuple[Result, tuple[Defect, ...]]:
     """NG when the image score reaches the threshold and, if a minimum defect
-    area is set, a blob at least that large exists (or the layout is wrong)."""
+    area is set, a blob at least that large exists (or a whole-image score, the
+    layout's or the surface's, reaches it)."""
     min_area_px = min_area_in_px(calibration, mm_per_px)
     defects = find_defects(
         analysis.anomaly_map,
@@ -77,8 +79,8 @@ def decide(
     )
     ng = analysis.score >= calibration.image_threshold
     if ng and min_area_px > 0:
-        logical = analysis.global_score is not None and analysis.global_score >= calibration.image_threshold
-        ng = bool(defects) or logical
+        whole = any(s >= calibration.image_threshold for s in analysis.whole_image_scores())
+        ng = bool(defects) or whole
     return (Result.NG if ng else Result.OK), defects
 
 
@@ -134,6 +136,7 @@ class Inspector:
             core_px=halo_core_px,
             edge_gains=bundle.meta.calibration.edge_gains,
             edge_bands_px=bundle.meta.calibration.edge_bands_px,
+            surface=bundle.meta.calibration.surface(),
         )
         self.mm_per_px: float | None = None
         made_in = bundle.meta.calibration.inference_mode
@@ -165,8 +168,8 @@ class Inspector:
         masked = self.preprocessor.mask_map(a.anomaly_map)
         if masked is a.anomaly_map:
             return a, ""
-        score = float(masked.max()) if a.global_score is None else max(float(masked.max()), a.global_score)
-        return Analysis(score, masked, a.tile_score, a.global_score, a.global_map_max), ""
+        score = max(float(masked.max()), *a.whole_image_scores())
+        return dataclasses.replace(a, score=score, anomaly_map=masked, branch_maps=None), ""
 
     def inspect(self, frame: Frame) -> Verdict:
         """The verdict for one frame (the deadline is enforced by the line's worker).

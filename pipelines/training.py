@@ -312,6 +312,7 @@ def train_bundle(
 
 
 QUANTILES = (0.5, 0.999)  # good pixels: median -> 0, 99.9th percentile -> 1 on the calibrated scale
+HELD_OUT_FRR = 0.01  # the first threshold's target false-reject rate on the held-out frames
 
 
 def holdout_quantiles(
@@ -399,9 +400,10 @@ def first_calibration(
             list(goods.edge_fit.bands_px),
             len(held),
         )
-    scores = np.array([max(t, g) for t, g in goods.parts()])  # the branch's gain stays 1 here
+    fusion = goods.fusion(target_frr=HELD_OUT_FRR, align=False)  # the branch's gain stays 1 here
+    scores = fusion.scores(goods)
     try:
-        result = threshold_for_frr(scores, target_frr=0.01)
+        result = threshold_for_frr(scores, target_frr=HELD_OUT_FRR)
         threshold, method, message = result.threshold, "held-out target_frr 1%", result.message
     except CalibrationError as exc:
         threshold = float(scores.max())
@@ -409,10 +411,11 @@ def first_calibration(
     return {
         "image_threshold": float(threshold),
         "pixel_threshold": float(threshold),
-        "edge_bands_px": list(goods.edge_fit.bands_px),
-        "edge_gains": list(gains or ()),
+        **fusion.calibration_fields(),
+        "edge_bands_px": list(goods.bands_px),
         "method": method,
         "details": {
+            **fusion.details(),
             **goods.edge_details(),
             "held_out_images": len(held),
             "held_out_score_max": float(scores.max()),

@@ -12,10 +12,16 @@ NG part shows where. A minimum defect area (px or mm^2) keeps smaller blobs
 from making a part NG. Near the frame's edge, where good pixels can run
 hotter than inside, the tile map is scaled down band by band to the interior's
 level first (edge gains, `pipelines/edges.py`; `--no-edge-gains` turns it off).
-With `--bad` the gains are weighed: kept only if they separate the good from
-the defective images at least as well as no gains do (image AUROC), since a
-line whose defective parts differ at the frame's edge, or all over, loses by
-them (`edge_gains_kept`, `edge_auroc_with`, `edge_auroc_without` in the output).
+The image score also counts a surface score, the tile map's mean inside the
+edge bands mapped onto the image score's scale (median on median, tail on
+tail): it catches a part whose whole surface departs from the good ones
+(rougher, duller, another finish) where no one place stands out
+(`--no-surface` turns it off). With `--bad` both are weighed: the gains and the
+surface score are kept only where they separate the good from the defective
+images at least as well as leaving them out (image AUROC): a line whose
+defective parts differ at the frame's edge, or all over, loses by the gains,
+and one with small local defects can lose by the surface score
+(`edge_gains_kept`, `surface_kept`, `weighed_options` in the output).
 """
 
 from __future__ import annotations
@@ -75,6 +81,12 @@ def _threshold_args(p: argparse.ArgumentParser) -> None:
         help="do not scale the map near the frame's edge (by default, bands of distance from the edge "
         "whose good pixels run hotter than the interior's are scaled down to it: pipelines/edges.py)",
     )
+    p.add_argument(
+        "--no-surface",
+        action="store_true",
+        help="judge parts by their map's peak (and layout) only: no surface score (by default the map's "
+        "mean inside the edge bands, on the image score's scale, joins the image score)",
+    )
     p.add_argument("--backend", default="auto", help="inference backend")
     add_mode_flag(p)
     add_progress_flag(p)
@@ -100,8 +112,6 @@ def run_threshold(args: argparse.Namespace) -> int:
     from calibration.threshold import (
         BadImages,
         GoodImages,
-        align_parts,
-        fuse,
         pixel_threshold_f1,
         pixel_threshold_for_fpr,
         threshold_cost,
@@ -142,29 +152,30 @@ def run_threshold(args: argparse.Namespace) -> int:
             masks_dir = existing_dir(args.masks, what="--masks")
             mask_paths = [_mask_for(masks_dir, path) for path in bad_paths]
     progress = not args.no_progress
-    # The good (and bad) images are measured without edge gains and with a whole-image branch
-    # (BVPN's logical module) unaligned. The edge gains (`pipelines.edges`) are fitted on the good
-    # ones (and kept only if they separate good from bad at least as well as none do), then the
-    # branch is aligned with the scaled tile map's tail (`align_branches`); image scores and
-    # sampled map pixels are re-computed with both, exactly as the inspector will see them.
+    # The good (and bad) images are measured without edge gains, without the surface score and
+    # with a whole-image branch (BVPN's logical module) unaligned. The edge gains
+    # (`pipelines.edges`) are fitted on the good ones, the branch is aligned with the scaled tile
+    # map's tail (`align_branches`) and the surface score with both (`align_surface`); with
+    # defective images, the gains and the surface score are kept only where they separate good
+    # from bad at least as well as none. Image scores and sampled map pixels are re-computed with
+    # all of it (`Fusion`), exactly as the inspector will see them.
     inspector.analyser.global_gain = 1.0
     inspector.analyser.keep_branch_maps = True
     inspector.analyser.edge_gains = None
-    goods = GoodImages(edges=not args.no_edge_gains)
+    inspector.analyser.surface = None
+    goods = GoodImages(edges=not args.no_edge_gains, surface=not args.no_surface)
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
         goods.add(a)
     bads = BadImages(bands_px=goods.bands_px)
     weighed: dict[str, object] = {}
-    if args.bad:  # measured like the good images; with them, the edge gains are weighed
+    if args.bad:  # measured like the good images; with them, the gains and the surface are weighed
         for i, (_, a) in enumerate(analyse_paths(inspector, bad_paths, progress=progress, desc="bad images")):
             bads.add(a, _read_mask(mask_paths[i]) if mask_paths else None)
-        weighed = goods.weigh_edge_gains(bads, target_frr=args.target_frr)
-    edge_gains = goods.edge_gains()
-    good_parts = goods.parts()
-    alignment = align_parts(good_parts, target_frr=args.target_frr)
-    good = fuse(good_parts, alignment)
+        weighed = goods.weigh(bads, target_frr=args.target_frr)
+    fusion = goods.fusion(target_frr=args.target_frr)
+    good = fusion.scores(goods)
     if args.bad:
-        bad = fuse(bads.parts_under(edge_gains), alignment)
+        bad = fusion.scores(bads)
         if args.cost:
             try:
                 fr, miss = (float(x) for x in args.cost.split(":"))
@@ -177,9 +188,9 @@ def run_threshold(args: argparse.Namespace) -> int:
             result = threshold_f1(good, bad, confidence=args.confidence)
     else:
         result = threshold_for_frr(good, target_frr=args.target_frr, confidence=args.confidence)
-    good_values = goods.pixel_values(alignment)
+    good_values = goods.pixel_values(fusion)
     if mask_paths:
-        values = np.concatenate([*good_values, *bads.pixels.values(alignment, edge_gains)])
+        values = np.concatenate([*good_values, *bads.pixels.values(fusion.alignment, fusion.edge_gains)])
         labels = np.concatenate([np.zeros(sum(v.size for v in good_values), bool), *bads.pixels.labels()])
         pixel, pixel_f1 = pixel_threshold_f1(values, labels)
         pixel_how = {"pixel_method": "pixel_f1", "pixel_f1": pixel_f1}
@@ -198,15 +209,14 @@ def run_threshold(args: argparse.Namespace) -> int:
         min_defect_area_mm2=args.min_defect_area_mm2
         if args.min_defect_area_mm2 is not None
         else old.min_defect_area_mm2,
-        global_gain=alignment.gain if alignment is not None else 1.0,
-        edge_bands_px=list(goods.edge_fit.bands_px),
-        edge_gains=list(edge_gains or ()),
+        **fusion.calibration_fields(),
+        edge_bands_px=list(goods.bands_px),
         inference_mode=map_kind(args.mode),
         method=result.method,
         details={
             **result.to_dict(),
             **pixel_how,
-            "branch_alignment": alignment.to_dict() if alignment is not None else None,
+            **fusion.details(),
             **goods.edge_details(),
             "good": str(args.good),
             "bad": str(args.bad) if args.bad else None,
@@ -225,6 +235,8 @@ def run_threshold(args: argparse.Namespace) -> int:
             "min_defect_area_mm2": calibration.min_defect_area_mm2,
             "global_gain": calibration.global_gain,
             "edge_gains": calibration.edge_gains,
+            "surface_gain": calibration.surface_gain,
+            "surface_offset": calibration.surface_offset,
             **weighed,
         }
     )

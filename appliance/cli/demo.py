@@ -123,37 +123,37 @@ def _calibrate(bundle_dir: Path, *, progress: bool) -> dict[str, Any]:
     """Threshold for TARGET_FRR from fresh good parts of the same design; written into the bundle."""
     from tqdm import tqdm
 
-    from calibration.threshold import GoodImages, align_parts, fuse, threshold_for_frr
+    from calibration.threshold import GoodImages, threshold_for_frr
     from drivers.camera.scene import SceneRenderer
     from pipelines.bundle import Calibration, load_bundle, update_meta
     from pipelines.inspector import Inspector
 
     bundle = load_bundle(bundle_dir)
     inspector = Inspector(bundle)
-    # Measured without edge gains and unaligned, both fitted below (as aoi calibrate).
+    # Measured without edge gains, unaligned and without the surface score, all fitted below (as
+    # aoi calibrate).
     inspector.analyser.global_gain = 1.0
     inspector.analyser.edge_gains = None
+    inspector.analyser.surface = None
     inspector.analyser.keep_branch_maps = True
     scene = SceneRenderer(product=PRODUCT, width_px=SIZE_PX, height_px=SIZE_PX, seed=SEED)
     goods = GoodImages(pixels=False)
     for i in tqdm(range(N_CALIBRATE), desc="calibrating", unit="part", disable=not progress):
         goods.add(inspector.analyse(scene.render(CALIBRATION_BASE + i).image))
-    parts = goods.parts()
-    alignment = align_parts(parts, target_frr=TARGET_FRR)
-    scores = fuse(parts, alignment)
+    fusion = goods.fusion(target_frr=TARGET_FRR)
+    scores = fusion.scores(goods)
     result = threshold_for_frr(scores, target_frr=TARGET_FRR)
     update_meta(
         bundle,
         calibration=Calibration(
             image_threshold=result.threshold,
             pixel_threshold=result.threshold,
-            global_gain=alignment.gain if alignment is not None else 1.0,
-            edge_bands_px=list(goods.edge_fit.bands_px),
-            edge_gains=list(goods.edge_gains() or ()),
+            **fusion.calibration_fields(),
+            edge_bands_px=list(goods.bands_px),
             method=_CALIBRATION_METHOD,
             details={
                 **result.to_dict(),
-                "branch_alignment": alignment.to_dict() if alignment else None,
+                **fusion.details(),
                 **goods.edge_details(),
             },
         ),

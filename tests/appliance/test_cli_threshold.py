@@ -134,9 +134,10 @@ def test_edge_gains_scale_a_hot_frame_edge_and_the_threshold_holds_for_the_inspe
         img[:2], img[-2:], img[:, :2], img[:, -2:] = 0, 0, 0, 0
         cv2.imwrite(str(good / f"{i:03d}.png"), img)
     argv = ["calibrate", "--bundle", str(bundle), "--good", str(good), "--no-progress", "--target-frr", "0.1"]
-    assert main([*argv, "--no-edge-gains"]) == 0
+    assert main([*argv, "--no-edge-gains", "--no-surface"]) == 0
     plain = load_bundle(bundle).meta.calibration
     assert plain.edge_gains == [] and plain.details["edge_fitted"] is False
+    assert plain.surface_gain == 0.0 and plain.details["surface_alignment"] is None
     capsys.readouterr()
     assert main(argv) == 0
     out = _last_json(capsys)
@@ -146,6 +147,8 @@ def test_edge_gains_scale_a_hot_frame_edge_and_the_threshold_holds_for_the_inspe
     assert cal.edge_gains[0] < 0.9 and cal.edge_gains[1] < 0.9 and cal.edge_gains[-1] == 1.0
     assert cal.details["edge_tails"][0] > cal.details["edge_tails"][-1]
     assert cal.image_threshold < plain.image_threshold  # the edge no longer sets the threshold
+    assert out["surface_gain"] == cal.surface_gain > 0 and out["surface_offset"] == cal.surface_offset
+    assert cal.details["surface_alignment"]["gain"] == cal.surface_gain
     # One pass predicted the scaled scores: the inspector rejects exactly the share calibration said.
     inspector = Inspector(b, backend="torch")
     scores = [inspector.analyse(cv2.imread(str(p))[:, :, ::-1]).score for p in sorted(good.iterdir())]
@@ -163,6 +166,9 @@ def test_edge_gains_scale_a_hot_frame_edge_and_the_threshold_holds_for_the_inspe
     assert main([*argv, "--bad", str(bad)]) == 0
     out = _last_json(capsys)
     cal = load_bundle(bundle).meta.calibration
-    kept = out["edge_auroc_with"] >= out["edge_auroc_without"]
+    best = max(out["weighed_options"], key=lambda o: o["auroc"])  # the first of equals: the default
+    kept = best["edge_gains"]
+    assert out["weighed_auroc"] == best["auroc"] and len(out["weighed_options"]) == 4
     assert out["edge_gains_kept"] is kept and cal.details["edge_gains_kept"] is kept
+    assert out["surface_kept"] is best["surface"] and (cal.surface_gain > 0) is best["surface"]
     assert bool(cal.edge_gains) is kept and out["method"] == "f1"

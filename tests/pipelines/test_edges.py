@@ -143,14 +143,22 @@ def test_one_pass_over_good_images_predicts_the_analyser_with_the_fitted_gains()
     assert gains is not None
     assert gains[0] < 0.6 and gains[1] < 0.6 and gains[2] < 0.6, gains  # the bright 3 px
     assert gains[3:] == (1.0,) * (len(BANDS_PX) - 3)
+    fusion = goods.fusion(target_frr=0.05)
+    assert fusion.edge_gains == gains and fusion.alignment is None and fusion.surface is not None
+    fields = fusion.calibration_fields()
     analyser.edge_gains = gains
-    predicted = goods.parts()
-    pixels = goods.pixel_values(None)
-    for f, (tile_score, branch), px in zip(frames, predicted, pixels, strict=True):
+    analyser.surface = (fields["surface_offset"], fields["surface_gain"])
+    predicted = fusion.scores(goods)
+    pixels = goods.pixel_values(fusion)
+    surface_set = 0
+    for f, (tile_score, branch), score, px in zip(frames, goods.parts(), predicted, pixels, strict=True):
         a = analyser(f)
         assert branch == float("-inf")
-        assert a.score == pytest.approx(tile_score, rel=1e-6)
+        assert a.tile_score == pytest.approx(tile_score, rel=1e-6)
+        assert a.score == pytest.approx(score, rel=1e-6)
+        surface_set += a.surface_score is not None and a.surface_score > a.tile_score
         np.testing.assert_allclose(px, sample_map_pixels(a.anomaly_map)[0], rtol=1e-6)
+    assert surface_set  # the surface score set some good frames' scores, as predicted
     off = GoodImages(edges=False)
     off.add(analyser(frames[0]))
     assert off.edge_gains() is None and off.edge_details()["edge_fitted"] is False
@@ -177,7 +185,15 @@ def _weighed(bad_frames: list[np.ndarray]) -> tuple[GoodImages, dict[str, object
     bads = BadImages()
     for f in bad_frames:
         bads.add(analyser(f))
-    return goods, goods.weigh_edge_gains(bads, target_frr=0.05)
+    return goods, goods.weigh(bads, target_frr=0.05)
+
+
+def _auroc(weighed: dict[str, object], *, gains: bool, surface: bool) -> float:
+    """The weighed image AUROC of one option (edge gains on or off, surface score on or off)."""
+    rows = weighed["weighed_options"]
+    assert isinstance(rows, list)
+    (row,) = [r for r in rows if r["edge_gains"] is gains and r["surface"] is surface]
+    return float(row["auroc"])
 
 
 def test_defective_images_keep_the_edge_gains_when_they_separate_better() -> None:
@@ -189,7 +205,10 @@ def test_defective_images_keep_the_edge_gains_when_they_separate_better() -> Non
         bad.append(f)
     goods, weighed = _weighed(bad)
     assert weighed["edge_gains_kept"] is True
-    assert weighed["edge_auroc_with"] == 1.0 and weighed["edge_auroc_without"] < 0.9
+    for surface in (True, False):
+        assert _auroc(weighed, gains=True, surface=surface) == 1.0
+        assert _auroc(weighed, gains=False, surface=surface) < 1.0
+    assert _auroc(weighed, gains=False, surface=False) < 0.9
     gains = goods.edge_gains()
     assert gains is not None and gains[0] < 0.6
     assert goods.edge_details()["edge_gains_kept"] is True
@@ -206,10 +225,12 @@ def test_defective_images_drop_the_edge_gains_when_their_signal_is_at_the_edge()
         bad.append(f)
     goods, weighed = _weighed(bad)
     assert weighed["edge_gains_kept"] is False
-    assert weighed["edge_auroc_without"] == 1.0 and weighed["edge_auroc_with"] < 0.9
+    for surface in (True, False):
+        assert _auroc(weighed, gains=False, surface=surface) == 1.0
+        assert _auroc(weighed, gains=True, surface=surface) < 0.9
     assert goods.edge_gains() is None
     assert all(t == float(m.max()) for (t, _), m in zip(goods.parts(), goods._band_max, strict=True))
-    assert goods.edge_details()["edge_auroc_with"] == weighed["edge_auroc_with"]
+    assert goods.edge_details()["weighed_options"] == weighed["weighed_options"]
 
 
 class _RedNet(torch.nn.Module):
