@@ -168,7 +168,7 @@ class Inspector:
         masked = self.preprocessor.mask_map(a.anomaly_map)
         if masked is a.anomaly_map:
             return a, ""
-        score = max(float(masked.max()), *a.whole_image_scores())
+        score = max((float(masked.max()), *a.whole_image_scores()))
         return dataclasses.replace(a, score=score, anomaly_map=masked, branch_maps=None), ""
 
     def inspect(self, frame: Frame) -> Verdict:
