@@ -39,6 +39,7 @@ from pipelines.metrics import image_auroc
 
 __all__ = [
     "MIN_TAIL_SCORES",
+    "SURFACE_MODES",
     "SURFACE_SHARE",
     "BadImages",
     "FrrMethod",
@@ -66,6 +67,7 @@ MIN_TAIL_SCORES = 20
 _MIN_EXCEEDANCES = 10
 MAX_PIXEL_SAMPLES = 65_536  # pixels sampled per map for the pixel threshold (`sample_map_pixels`)
 SURFACE_SHARE = 0.1  # the surface score's share of the false-reject target (`align_surface`)
+SURFACE_MODES = ("auto", "on", "off")  # `GoodImages`: weighed by defective images, always, never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,9 +296,10 @@ def align_surface(
     """Put the good images' interior means on their image scores' scale, median on median and
     tail on tail: the means' tail for `target_frr * share` (`threshold_for_frr`) lands on the
     scores' tail for `target_frr / 2` (the peak's, as in `align_branches`). The surface score
-    then rejects about `share` of the target of good parts at the common threshold: little, so
-    it fires only on surfaces beyond the good ones' spread and costs a line of small local
-    defects next to nothing (BENCHMARKS.md, session 12). Affine, not a gain: a map normalised to
+    then rejects about `share` of the target of these good parts at the common threshold, so it
+    fires only on surfaces beyond their spread; good parts whose surface these images did not
+    show are rejected all the same (deeppcb, BENCHMARKS.md session 12), which is why `GoodImages`
+    leaves it off unless defective images weigh it in. Affine, not a gain: a map normalised to
     good pixels has its mean near zero, where a gain alone has no scale.
 
     Raises CalibrationError, saying why, where it cannot be placed: too few images for the
@@ -429,20 +432,24 @@ class GoodImages(_MeasuredImages):
     """The good images' analyses as calibration needs them (`_MeasuredImages`), so that the
     edge gains, the branch's gain and the surface score can be chosen after all images are
     seen, and sampled map pixels (`pixels`). `edges`: fit edge gains (`pipelines.edges`), else
-    none. `surface`: score the surface too (`align_surface`), else not."""
+    none. `surface` (`SURFACE_MODES`): "on" scores the surface too (`align_surface`), "off"
+    never, "auto" only where defective images say it separates better (`weigh`)."""
 
     def __init__(
         self,
         *,
         edges: bool = True,
-        surface: bool = True,
+        surface: str = "auto",
         pixels: bool = True,
         bands_px: tuple[int, ...] = BANDS_PX,
     ):
+        if surface not in SURFACE_MODES:
+            raise CalibrationError(f"surface {surface!r}: use one of {', '.join(SURFACE_MODES)}")
         self.edge_fit = EdgeFit(bands_px)
         super().__init__(self.edge_fit.bands_px)
         self.fit_edges = edges
-        self.use_surface = surface
+        self.surface_mode = surface
+        self.use_surface = surface == "on"
         self.pixels = PixelSamples() if pixels else None
         self._gains: tuple[float, ...] | None = None
         self._fitted = False
@@ -491,17 +498,18 @@ class GoodImages(_MeasuredImages):
         return Fusion(gains, alignment, placed)
 
     def weigh(self, bad: BadImages, *, target_frr: float) -> dict[str, Any]:
-        """Keep the fitted edge gains and the surface score only where they separate these good
-        images from the defective ones at least as well as leaving them out (image AUROC of the
-        scores the inspector would give, the branch and the surface aligned for each option;
-        a tie keeps what is fitted by default). A line whose defective parts show first at the
-        frame's edge, or differ from good ones over the whole frame (edge included), can lose
-        by the gains; one whose defects are small and local can lose by the surface score."""
+        """Keep the fitted edge gains only where they separate these good images from the
+        defective ones at least as well as leaving them out, and (surface "auto") the surface
+        score only where it separates them better than leaving it out: image AUROC of the scores
+        the inspector would give, the branch and the surface aligned for each option; a tie keeps
+        the gains and leaves the surface out. A line whose defective parts show first at the
+        frame's edge, or differ from good ones over the whole frame (edge included), can lose by
+        the gains; one whose defects are small and local can lose by the surface score."""
         gains = self.edge_gains()
         options = [
             (g, s)
             for g in ([gains, None] if gains is not None else [None])
-            for s in ([True, False] if self.use_surface else [False])
+            for s in {"on": [True], "off": [False], "auto": [False, True]}[self.surface_mode]
         ]
         labels = np.r_[np.zeros(len(self)), np.ones(len(bad))]
         table: list[dict[str, Any]] = []

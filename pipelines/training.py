@@ -395,7 +395,8 @@ def first_calibration(
             "edge gains %s for the bands from %s px of the frame's edge (fitted on %d held-out good "
             "frames): where defective parts can differ at the edge or all over, check them with "
             "`aoi calibrate --bundle B --good DIR --bad DIR`, which keeps them only if they separate "
-            "good from defective at least as well as none",
+            "good from defective at least as well as none (and adds the surface score where it "
+            "separates better)",
             [round(g, 2) for g in gains],
             list(goods.edge_fit.bands_px),
             len(held),

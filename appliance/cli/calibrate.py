@@ -12,16 +12,17 @@ NG part shows where. A minimum defect area (px or mm^2) keeps smaller blobs
 from making a part NG. Near the frame's edge, where good pixels can run
 hotter than inside, the tile map is scaled down band by band to the interior's
 level first (edge gains, `pipelines/edges.py`; `--no-edge-gains` turns it off).
-The image score also counts a surface score, the tile map's mean inside the
-edge bands mapped onto the image score's scale (median on median, tail on
-tail): it catches a part whose whole surface departs from the good ones
-(rougher, duller, another finish) where no one place stands out
-(`--no-surface` turns it off). With `--bad` both are weighed: the gains and the
-surface score are kept only where they separate the good from the defective
-images at least as well as leaving them out (image AUROC): a line whose
-defective parts differ at the frame's edge, or all over, loses by the gains,
-and one with small local defects can lose by the surface score
-(`edge_gains_kept`, `surface_kept`, `weighed_options` in the output).
+The image score can also count a surface score, the tile map's mean inside the
+edge bands put on the image score's scale (`--surface on|off|auto`): it
+catches a part whose whole surface departs from the good ones (rougher,
+duller, another finish) where no one place stands out. With `--bad` both are
+weighed (image AUROC): the gains are kept only where they separate the good
+from the defective images at least as well as leaving them out, and the
+surface score (`auto`, the default) only where it separates them better. A
+line whose defective parts differ at the frame's edge, or all over, loses by
+the gains; one with small local defects loses by the surface score, which
+also fires on good parts whose surface the calibration's good images did not
+show (`edge_gains_kept`, `surface_kept`, `weighed_options` in the output).
 """
 
 from __future__ import annotations
@@ -82,10 +83,13 @@ def _threshold_args(p: argparse.ArgumentParser) -> None:
         "whose good pixels run hotter than the interior's are scaled down to it: pipelines/edges.py)",
     )
     p.add_argument(
-        "--no-surface",
-        action="store_true",
-        help="judge parts by their map's peak (and layout) only: no surface score (by default the map's "
-        "mean inside the edge bands, on the image score's scale, joins the image score)",
+        "--surface",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the surface score, the map's mean inside the edge bands on the image score's scale, in "
+        "the image score: for parts whose whole surface departs from good ones (rougher, duller, "
+        "another finish). auto (default): only with --bad, and only if it separates good from "
+        "defective better; on: always (needs 20 good images); off: never",
     )
     p.add_argument("--backend", default="auto", help="inference backend")
     add_mode_flag(p)
@@ -163,7 +167,7 @@ def run_threshold(args: argparse.Namespace) -> int:
     inspector.analyser.keep_branch_maps = True
     inspector.analyser.edge_gains = None
     inspector.analyser.surface = None
-    goods = GoodImages(edges=not args.no_edge_gains, surface=not args.no_surface)
+    goods = GoodImages(edges=not args.no_edge_gains, surface=args.surface)
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
         goods.add(a)
     bads = BadImages(bands_px=goods.bands_px)

@@ -134,7 +134,7 @@ def test_edge_gains_scale_a_hot_frame_edge_and_the_threshold_holds_for_the_inspe
         img[:2], img[-2:], img[:, :2], img[:, -2:] = 0, 0, 0, 0
         cv2.imwrite(str(good / f"{i:03d}.png"), img)
     argv = ["calibrate", "--bundle", str(bundle), "--good", str(good), "--no-progress", "--target-frr", "0.1"]
-    assert main([*argv, "--no-edge-gains", "--no-surface"]) == 0
+    assert main([*argv, "--no-edge-gains", "--surface", "off"]) == 0
     plain = load_bundle(bundle).meta.calibration
     assert plain.edge_gains == [] and plain.details["edge_fitted"] is False
     assert plain.surface_gain == 0.0 and plain.details["surface_alignment"] is None
@@ -147,9 +147,16 @@ def test_edge_gains_scale_a_hot_frame_edge_and_the_threshold_holds_for_the_inspe
     assert cal.edge_gains[0] < 0.9 and cal.edge_gains[1] < 0.9 and cal.edge_gains[-1] == 1.0
     assert cal.details["edge_tails"][0] > cal.details["edge_tails"][-1]
     assert cal.image_threshold < plain.image_threshold  # the edge no longer sets the threshold
+    assert out["surface_gain"] == cal.surface_gain == 0.0  # "auto" without --bad: off
+    # With the surface score on too, one pass predicted the scaled and fused scores: the inspector
+    # rejects exactly the share calibration said.
+    capsys.readouterr()
+    assert main([*argv, "--surface", "on"]) == 0
+    out = _last_json(capsys)
+    b = load_bundle(bundle)
+    cal = b.meta.calibration
     assert out["surface_gain"] == cal.surface_gain > 0 and out["surface_offset"] == cal.surface_offset
-    assert cal.details["surface_alignment"]["gain"] == cal.surface_gain
-    # One pass predicted the scaled scores: the inspector rejects exactly the share calibration said.
+    assert cal.details["surface_alignment"]["gain"] == cal.surface_gain and cal.edge_gains[0] < 0.9
     inspector = Inspector(b, backend="torch")
     scores = [inspector.analyse(cv2.imread(str(p))[:, :, ::-1]).score for p in sorted(good.iterdir())]
     rejected = sum(s >= cal.image_threshold for s in scores)

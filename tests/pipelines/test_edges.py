@@ -136,7 +136,7 @@ def test_one_pass_over_good_images_predicts_the_analyser_with_the_fitted_gains()
     analyser = _red_analyser()
     rng = np.random.default_rng(2)
     frames = [_frame(rng) for _ in range(20)]
-    goods = GoodImages()
+    goods = GoodImages(surface="on")
     for f in frames:
         goods.add(analyser(f))
     gains = goods.edge_gains()

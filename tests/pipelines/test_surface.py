@@ -66,7 +66,7 @@ def test_the_alignment_puts_the_means_median_and_small_tail_on_the_scores() -> N
 def test_too_few_good_images_leave_the_surface_off_and_say_why() -> None:
     rng = np.random.default_rng(4)
     analyser = _analyser()
-    goods = GoodImages()
+    goods = GoodImages(surface="on")
     for i in range(10):
         goods.add(analyser(_good(rng, speck=i % 2 == 1)))
     fusion = goods.fusion(target_frr=0.1)
@@ -81,14 +81,14 @@ def test_a_part_different_all_over_is_caught_by_the_surface_and_judged_ng_withou
     rng = np.random.default_rng(2)
     analyser = _analyser()
     frames = [_good(rng, speck=i % 2 == 1) for i in range(30)]
-    goods, bads, asked_off = GoodImages(), BadImages(), GoodImages(surface=False)
+    goods, bads, asked_off = GoodImages(), BadImages(), GoodImages(surface="off")
     for f in frames:
         goods.add(analyser(f))
         asked_off.add(analyser(f))
     worn = [_good(rng, speck=False, lift=12) for _ in range(8)]
     for f in worn:
         bads.add(analyser(f))
-    off = asked_off.weigh(bads, target_frr=0.1)  # --no-surface: never weighed back in
+    off = asked_off.weigh(bads, target_frr=0.1)  # --surface off: never weighed in
     assert off["surface_kept"] is False and not any(o["surface"] for o in off["weighed_options"])
     weighed = goods.weigh(bads, target_frr=0.1)
     by = {(o["edge_gains"], o["surface"]): o["auroc"] for o in weighed["weighed_options"]}
@@ -140,6 +140,15 @@ def test_the_surface_score_goes_where_it_separates_worse() -> None:
 
 def test_the_surface_fields_are_validated_and_off_by_default() -> None:
     assert Calibration().surface() is None
+    goods = GoodImages()  # "auto": off until defective images weigh it in
+    rng = np.random.default_rng(5)
+    analyser = _analyser()
+    for _ in range(30):
+        goods.add(analyser(_good(rng, speck=False)))
+    assert goods.fusion(target_frr=0.1).surface is None
+    assert GoodImages(surface="on").surface_mode == "on"
+    with pytest.raises(CalibrationError, match="surface 'yes': use one of auto, on, off"):
+        GoodImages(surface="yes")
     assert Calibration(surface_gain=2.0, surface_offset=0.5).surface() == (0.5, 2.0)
     with pytest.raises(ValidationError, match="surface_gain"):
         Calibration(surface_gain=-1.0)
