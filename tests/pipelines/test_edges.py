@@ -23,8 +23,8 @@ from pipelines.edges import (
     check_bands,
     scaled_max,
 )
-from pipelines.inference import TiledAnalyser
 from pipelines.training import first_calibration
+from tests.pipelines.red_channel import red_analyser
 
 
 def _band_index(h: int, w: int, bands: tuple[int, ...]) -> np.ndarray:
@@ -121,19 +121,10 @@ def _frame(rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def _red_analyser() -> TiledAnalyser:
-    def red(x: np.ndarray) -> np.ndarray:  # a "network" whose map is the red channel
-        return x[:, :1].copy()
-
-    analyser = TiledAnalyser(red, tile_px=64, overlap_px=16, margin_px=16)
-    analyser.keep_branch_maps = True
-    return analyser
-
-
 def test_one_pass_over_good_images_predicts_the_analyser_with_the_fitted_gains() -> None:
     """Calibration measures the good images once, without gains, and predicts their scores and
     sampled pixels with the gains it then fits; the analyser with those gains must agree."""
-    analyser = _red_analyser()
+    analyser = red_analyser()
     rng = np.random.default_rng(2)
     frames = [_frame(rng) for _ in range(20)]
     goods = GoodImages(surface="on")
@@ -174,7 +165,7 @@ def test_band_maxima_are_the_fits_per_band_maxima() -> None:
 def _weighed(bad_frames: list[np.ndarray]) -> tuple[GoodImages, dict[str, object]]:
     """Good frames with a bright 3-px edge (gains fitted well below 1 there), half of them with a
     small bright speck inside; the bad frames weighed against them."""
-    analyser = _red_analyser()
+    analyser = red_analyser()
     rng = np.random.default_rng(5)
     goods = GoodImages()
     for i in range(20):
@@ -234,7 +225,7 @@ def test_defective_images_drop_the_edge_gains_when_their_signal_is_at_the_edge()
 
 
 class _RedNet(torch.nn.Module):
-    """A "network" whose map is the red channel (as `_red_analyser`), for the training-side fit."""
+    """A "network" whose map is the red channel (as `red_analyser`), for the training-side fit."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :1].clone()
@@ -248,7 +239,7 @@ def test_training_fits_the_gains_on_held_out_frames_and_says_how_to_check_them(
     with caplog.at_level(logging.INFO, logger="pipelines.training"):
         cal = first_calibration(_RedNet(), None, held, tile_px=64, overlap_px=16)
     goods = GoodImages()
-    analyser = _red_analyser()
+    analyser = red_analyser()
     for f in held:
         goods.add(analyser(f))
     assert cal["edge_gains"] == pytest.approx(list(goods.edge_gains() or ()))

@@ -13,17 +13,9 @@ from calibration.threshold import SURFACE_SHARE, BadImages, GoodImages, align_su
 from drivers.verdict import Result
 from pipelines.bundle import Calibration
 from pipelines.edges import BANDS_PX, interior_mean
-from pipelines.inference import Analysis, TiledAnalyser
+from pipelines.inference import Analysis
 from pipelines.inspector import decide
-
-
-def _analyser() -> TiledAnalyser:
-    def red(x: np.ndarray) -> np.ndarray:  # a "network" whose map is the red channel
-        return x[:, :1].copy()
-
-    analyser = TiledAnalyser(red, tile_px=64, overlap_px=16, margin_px=16)
-    analyser.keep_branch_maps = True
-    return analyser
+from tests.pipelines.red_channel import red_analyser
 
 
 def _good(rng: np.random.Generator, *, speck: bool, lift: int = 0) -> np.ndarray:
@@ -65,7 +57,7 @@ def test_the_alignment_puts_the_means_median_and_small_tail_on_the_scores() -> N
 
 def test_too_few_good_images_leave_the_surface_off_and_say_why() -> None:
     rng = np.random.default_rng(4)
-    analyser = _analyser()
+    analyser = red_analyser()
     goods = GoodImages(surface="on")
     for i in range(10):
         goods.add(analyser(_good(rng, speck=i % 2 == 1)))
@@ -79,7 +71,7 @@ def test_a_part_different_all_over_is_caught_by_the_surface_and_judged_ng_withou
     frames' specks, so only the surface score finds them; the weighing keeps it, and the
     analyser with the calibration's fields scores exactly what calibration predicted."""
     rng = np.random.default_rng(2)
-    analyser = _analyser()
+    analyser = red_analyser()
     frames = [_good(rng, speck=i % 2 == 1) for i in range(30)]
     goods, bads, asked_off = GoodImages(), BadImages(), GoodImages(surface="off")
     for f in frames:
@@ -120,7 +112,7 @@ def test_the_surface_score_goes_where_it_separates_worse() -> None:
     a much brighter batch; the defects are small bright spots. The peak alone separates them; the
     surface score puts the bright good frame above some defects, so it is dropped."""
     rng = np.random.default_rng(3)
-    analyser = _analyser()
+    analyser = red_analyser()
     goods, bads = GoodImages(), BadImages()
     for i in range(30):
         f = (rng.integers(20, 40, (150, 170, 3)) + (40 if i == 7 else (i % 3) * 2)).astype(np.uint8)
@@ -142,7 +134,7 @@ def test_the_surface_fields_are_validated_and_off_by_default() -> None:
     assert Calibration().surface() is None
     goods = GoodImages()  # "auto": off until defective images weigh it in
     rng = np.random.default_rng(5)
-    analyser = _analyser()
+    analyser = red_analyser()
     for _ in range(30):
         goods.add(analyser(_good(rng, speck=False)))
     assert goods.fusion(target_frr=0.1).surface is None
