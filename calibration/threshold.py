@@ -470,10 +470,6 @@ class GoodImages(_MeasuredImages):
             self._fitted = True
         return self._gains
 
-    def parts(self) -> list[Parts]:
-        """Per image (tile score, branch part) as the inspector will see them with the edge gains."""
-        return self.parts_under(self.edge_gains())
-
     def fusion(
         self,
         *,
@@ -513,7 +509,7 @@ class GoodImages(_MeasuredImages):
         ]
         labels = np.r_[np.zeros(len(self)), np.ones(len(bad))]
         table: list[dict[str, Any]] = []
-        best, best_auroc = options[0], -1.0
+        best, best_fusion, best_auroc = options[0], None, -1.0
         for g, s in options:
             f = self.fusion(target_frr=target_frr, edge_gains=g, surface=s)
             kind = (g is not None, f.surface is not None)
@@ -522,12 +518,13 @@ class GoodImages(_MeasuredImages):
             auroc = round(image_auroc(np.concatenate([f.scores(self), f.scores(bad)]), labels), 6)
             table.append({"edge_gains": kind[0], "surface": kind[1], "auroc": auroc})
             if auroc > best_auroc:
-                best, best_auroc = (g, s), auroc
+                best, best_fusion, best_auroc = (g, s), f, auroc
+        assert best_fusion is not None  # the first option always enters the table
         self._gains, self.use_surface = best
         self._fitted = True
         self._weighed = {
             "edge_gains_kept": best[0] is not None,
-            "surface_kept": self.fusion(target_frr=target_frr).surface is not None,
+            "surface_kept": best_fusion.surface is not None,
             "weighed_auroc": best_auroc,
             "weighed_options": table,
         }

@@ -175,6 +175,15 @@ class TiledAnalyser:
         self.edge_bands_px = tuple(edge_bands_px)
         self.surface = surface
 
+    def measure_raw(self) -> None:
+        """Switch off what calibration fits (the branch's gain, the edge gains, the surface score)
+        and keep the branch maps: the analyses `calibration.threshold.GoodImages` and `BadImages`
+        measure, from which calibration predicts the scores under any fit it then chooses."""
+        self.global_gain = 1.0
+        self.edge_gains = None
+        self.surface = None
+        self.keep_branch_maps = True
+
     def plan(self, height_px: int, width_px: int) -> TilePlan:
         return _plan(height_px, width_px, self.tile_px, self.overlap_px)
 
@@ -318,20 +327,25 @@ class TiledAnalyser:
         surface_score = None
         if self.surface is not None and surface_mean is not None:
             surface_score = self.surface[0] + self.surface[1] * surface_mean
+        whole = () if surface_score is None else (surface_score,)
         if self.edge_gains is not None:
             apply_gains(tile, self.edge_gains, self.edge_bands_px)
         tile_score = float(tile.max())
         if self.global_branch is None:
-            score = tile_score if surface_score is None else max(tile_score, surface_score)
             return Analysis(
-                score, tile, tile_score, None, surface_mean=surface_mean, surface_score=surface_score
+                max((tile_score, *whole)),
+                tile,
+                tile_score,
+                None,
+                surface_mean=surface_mean,
+                surface_score=surface_score,
             )
         g = self.global_branch(rgb)
         gain = self.global_gain
         global_map = g.anomaly_map * np.float32(gain) if gain != 1.0 else g.anomaly_map
         global_score = gain * g.score
         fused = np.maximum(tile, global_map)
-        score = max(float(fused.max()), global_score, -np.inf if surface_score is None else surface_score)
+        score = max(float(fused.max()), global_score, *whole)
         kept = (tile, global_map) if self.keep_branch_maps else None
         return Analysis(
             score,

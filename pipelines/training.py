@@ -385,7 +385,7 @@ def first_calibration(
         margin_px=margin_px,
         reference_frame=reference_frame,
     )
-    analyser.keep_branch_maps = True
+    analyser.measure_raw()
     goods = GoodImages(pixels=False)
     for img in held:
         goods.add(analyser(img))

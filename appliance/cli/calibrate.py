@@ -163,10 +163,7 @@ def run_threshold(args: argparse.Namespace) -> int:
     # defective images, the gains and the surface score are kept only where they separate good
     # from bad at least as well as none. Image scores and sampled map pixels are re-computed with
     # all of it (`Fusion`), exactly as the inspector will see them.
-    inspector.analyser.global_gain = 1.0
-    inspector.analyser.keep_branch_maps = True
-    inspector.analyser.edge_gains = None
-    inspector.analyser.surface = None
+    inspector.analyser.measure_raw()
     goods = GoodImages(edges=not args.no_edge_gains, surface=args.surface)
     for _, a in analyse_paths(inspector, good_paths, progress=progress, desc="good images"):
         goods.add(a)

@@ -130,12 +130,7 @@ def _calibrate(bundle_dir: Path, *, progress: bool) -> dict[str, Any]:
 
     bundle = load_bundle(bundle_dir)
     inspector = Inspector(bundle)
-    # Measured without edge gains, unaligned and without the surface score, all fitted below (as
-    # aoi calibrate).
-    inspector.analyser.global_gain = 1.0
-    inspector.analyser.edge_gains = None
-    inspector.analyser.surface = None
-    inspector.analyser.keep_branch_maps = True
+    inspector.analyser.measure_raw()  # what calibration fits is fitted below (as aoi calibrate)
     scene = SceneRenderer(product=PRODUCT, width_px=SIZE_PX, height_px=SIZE_PX, seed=SEED)
     goods = GoodImages(pixels=False)
     for i in tqdm(range(N_CALIBRATE), desc="calibrating", unit="part", disable=not progress):

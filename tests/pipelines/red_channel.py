@@ -9,11 +9,11 @@ from pipelines.inference import TiledAnalyser
 
 
 def red_analyser() -> TiledAnalyser:
-    """Tiles of 64 px, overlap 16, frame margin 16; keeps the branch maps, as calibration does."""
+    """Tiles of 64 px, overlap 16, frame margin 16; measuring raw, as calibration does."""
 
     def red(x: np.ndarray) -> np.ndarray:
         return x[:, :1].copy()
 
     analyser = TiledAnalyser(red, tile_px=64, overlap_px=16, margin_px=16)
-    analyser.keep_branch_maps = True
+    analyser.measure_raw()
     return analyser

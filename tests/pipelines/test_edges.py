@@ -142,7 +142,9 @@ def test_one_pass_over_good_images_predicts_the_analyser_with_the_fitted_gains()
     predicted = fusion.scores(goods)
     pixels = goods.pixel_values(fusion)
     surface_set = 0
-    for f, (tile_score, branch), score, px in zip(frames, goods.parts(), predicted, pixels, strict=True):
+    for f, (tile_score, branch), score, px in zip(
+        frames, goods.parts_under(goods.edge_gains()), predicted, pixels, strict=True
+    ):
         a = analyser(f)
         assert branch == float("-inf")
         assert a.tile_score == pytest.approx(tile_score, rel=1e-6)
@@ -220,7 +222,10 @@ def test_defective_images_drop_the_edge_gains_when_their_signal_is_at_the_edge()
         assert _auroc(weighed, gains=False, surface=surface) == 1.0
         assert _auroc(weighed, gains=True, surface=surface) < 0.9
     assert goods.edge_gains() is None
-    assert all(t == float(m.max()) for (t, _), m in zip(goods.parts(), goods._band_max, strict=True))
+    assert all(
+        t == float(m.max())
+        for (t, _), m in zip(goods.parts_under(goods.edge_gains()), goods._band_max, strict=True)
+    )
     assert goods.edge_details()["weighed_options"] == weighed["weighed_options"]
 
 

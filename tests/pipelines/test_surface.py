@@ -95,7 +95,7 @@ def test_a_part_different_all_over_is_caught_by_the_surface_and_judged_ng_withou
     )
     analyser.surface = calibration.surface()
     analyser.edge_gains = fusion.edge_gains
-    analyser.keep_branch_maps = False
+    analyser.keep_branch_maps = False  # as the inspector runs
     predicted = fusion.scores(bads)
     for f, expected in zip(worn, predicted, strict=True):
         a = analyser(f)
@@ -105,6 +105,12 @@ def test_a_part_different_all_over_is_caught_by_the_surface_and_judged_ng_withou
     # Without the surface score the same parts pass: the peak never reaches the threshold.
     analyser.surface = None
     assert all(decide(analyser(f), calibration)[0] is Result.OK for f in worn)
+    # Calibrating again measures raw: what the last calibration fitted is switched off.
+    analyser.surface, analyser.global_gain = calibration.surface(), 2.0
+    analyser.measure_raw()
+    raw = analyser(worn[0])
+    assert (analyser.surface, analyser.edge_gains, analyser.global_gain) == (None, None, 1.0)
+    assert raw.surface_score is None and raw.surface_mean is not None and analyser.keep_branch_maps
 
 
 def test_the_surface_score_goes_where_it_separates_worse() -> None:
