@@ -368,7 +368,7 @@ class PixelSamples:
     def add(
         self,
         anomaly_map: np.ndarray,
-        branch_maps: tuple[np.ndarray, np.ndarray] | None,
+        branch_maps: tuple[np.ndarray, np.ndarray | None] | None,
         mask: np.ndarray | None = None,
         *,
         bands_px: tuple[int, ...] | None = None,
@@ -376,7 +376,8 @@ class PixelSamples:
         tile = anomaly_map if branch_maps is None else branch_maps[0]
         values, labels = sample_map_pixels(tile, mask)
         self._tile.append(values)
-        self._global.append(None if branch_maps is None else sample_map_pixels(branch_maps[1])[0])
+        g = None if branch_maps is None else branch_maps[1]
+        self._global.append(None if g is None else sample_map_pixels(g)[0])
         self._labels.append(labels)
         self._bands.append(None if bands_px is None else sampled_bands(tile.shape, bands_px))
 

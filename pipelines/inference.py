@@ -82,8 +82,8 @@ class Analysis:
     global_score: float | None
 
     global_map_max: float | None = None
-    # (tile map, global map) before fusion, only when the analyser keeps them (calibration)
-    branch_maps: tuple[np.ndarray, np.ndarray] | None = None
+    # (tile map, global map or None) before fusion, only when the analyser keeps them (calibration)
+    branch_maps: tuple[np.ndarray, np.ndarray | None] | None = None
     # the tile map's interior mean before edge gains (when the surface score is on, or in
     # calibration), and the surface score made of it (when on): see TiledAnalyser
     surface_mean: float | None = None
@@ -342,9 +342,14 @@ class TiledAnalyser:
             )
         g = self.global_branch(rgb)
         gain = self.global_gain
-        global_map = g.anomaly_map * np.float32(gain) if gain != 1.0 else g.anomaly_map
         global_score = gain * g.score
-        fused = np.maximum(tile, global_map)
+        global_map = g.anomaly_map
+        if global_map is None:  # a whole-image judgement: the map stays the tile map
+            fused, global_map_max = tile, None
+        else:
+            global_map = global_map * np.float32(gain) if gain != 1.0 else global_map
+            fused = np.maximum(tile, global_map)
+            global_map_max = float(global_map.max())
         score = max(float(fused.max()), global_score, *whole)
         kept = (tile, global_map) if self.keep_branch_maps else None
         return Analysis(
@@ -352,7 +357,7 @@ class TiledAnalyser:
             fused,
             tile_score,
             global_score,
-            float(global_map.max()),
+            global_map_max,
             kept,
             surface_mean=surface_mean,
             surface_score=surface_score,

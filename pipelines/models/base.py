@@ -27,7 +27,9 @@ from pipelines.errors import ModelError
 @dataclasses.dataclass(frozen=True)
 class GlobalResult:
     score: float  # calibrated image score of the branch (1.0 ~ unusual)
-    anomaly_map: np.ndarray  # float32 HxW, calibrated scale, at the image's resolution
+    # float32 HxW, calibrated scale, at the image's resolution; None: a judgement of the whole
+    # image with no place in it (BVPN's peripheral statistics), which leaves the tile map as it is
+    anomaly_map: np.ndarray | None
 
 
 class GlobalBranch(abc.ABC):

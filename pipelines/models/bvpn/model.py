@@ -6,10 +6,14 @@ our choices. The tile network holds the frozen pretrained teacher, the focus
 student (small receptive field, central vision), the autoencoder (large
 receptive field, peripheral vision) and the student head that predicts it;
 the maps are normalised with held-out quantiles inside the graph and fused.
-The logical module judges the whole image (numpy, `logical.py`).
+The logical module (`logical.py`) and the peripheral summary statistics
+(`peripheral.py`) judge the whole image (numpy and OpenCV).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -18,7 +22,7 @@ from torch import nn
 
 from pipelines.backbone import LiteFeatures
 from pipelines.bundle import BundleMeta
-from pipelines.models.base import GaussianBlur, GlobalBranch, load_module_state, upsample_to
+from pipelines.models.base import GaussianBlur, GlobalBranch, GlobalResult, load_module_state, upsample_to
 
 TAPS = (4, 10)  # EfficientNet-Lite0: 40 channels at stride 8, 112 at stride 16 (bundles before `taps`)
 
@@ -159,9 +163,34 @@ def build_tile_net(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> BVPNTile
     return net.eval()
 
 
-def build_global(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> GlobalBranch | None:
-    if "logical" not in meta.params["modules"]:
-        return None
-    from pipelines.models.bvpn.logical import LogicalModule
+@dataclasses.dataclass
+class WholeImage(GlobalBranch):
+    """BVPN's whole-image judgements together: the logical module and the peripheral summary
+    statistics. Each is aligned with the tile score on the held-out images; the larger score
+    counts, and the map is the logical module's (the statistics have no place)."""
 
-    return LogicalModule.from_bundle(meta.params["logical"], tensors)
+    branches: tuple[GlobalBranch, ...]
+
+    def __call__(self, rgb: np.ndarray) -> GlobalResult:
+        results = [b(rgb) for b in self.branches]
+        maps = [r.anomaly_map for r in results if r.anomaly_map is not None]
+        anomaly_map = functools.reduce(np.maximum, maps) if maps else None
+        return GlobalResult(max(r.score for r in results), anomaly_map)
+
+
+def whole_image(branches: list[GlobalBranch]) -> GlobalBranch | None:
+    """None, the one branch, or both together."""
+    return None if not branches else branches[0] if len(branches) == 1 else WholeImage(tuple(branches))
+
+
+def build_global(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> GlobalBranch | None:
+    branches: list[GlobalBranch] = []
+    if "logical" in meta.params["modules"]:
+        from pipelines.models.bvpn.logical import LogicalModule
+
+        branches.append(LogicalModule.from_bundle(meta.params["logical"], tensors))
+    if "peripheral_stats" in meta.params:  # bundles since session 13
+        from pipelines.models.bvpn.peripheral import SummaryStatistics
+
+        branches.append(SummaryStatistics.from_bundle(meta.params["peripheral_stats"], tensors))
+    return whole_image(branches)

@@ -5,7 +5,8 @@ Losses (EfficientAD-style, our reading of BVPN's distillation):
   (only the hardest 0.1% of feature elements count, so the student does not
   learn to imitate the teacher everywhere and anomalies stay visible);
 - peripheral: MSE between the autoencoder and the teacher, and between the
-  student's second half and the (detached) autoencoder output.
+  student's second half and the (detached) autoencoder output; then the
+  whole-image summary statistics of good images (`peripheral.py`), no gradient.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from pipelines.backbone import frozen_features
-from pipelines.models.base import module_tensors
+from pipelines.models.base import GlobalBranch, module_tensors
 from pipelines.models.bvpn.logical import fit_logical
-from pipelines.models.bvpn.model import BVPNTileNet
+from pipelines.models.bvpn.model import BVPNTileNet, whole_image
+from pipelines.models.bvpn.peripheral import fit_summary_statistics
 from pipelines.training import (
     CropSampler,
     Fitted,
@@ -59,6 +61,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "logical_min_component_px": 4,
         "logical_min_consistency": 0.78,
         "logical_rare_tau": 0.005,
+        # the peripheral module's whole-image texture statistics (peripheral.py); false: the
+        # autoencoder map alone (the ablation)
+        "peripheral_stats": True,
         "max_minutes": 9.0,
     },
     # For a GPU (or a patient CPU): wider networks, full-size crops, longer.
@@ -82,6 +87,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "logical_min_component_px": 4,
         "logical_min_consistency": 0.78,
         "logical_rare_tau": 0.005,
+        # the peripheral module's whole-image texture statistics (peripheral.py); false: the
+        # autoencoder map alone (the ablation)
+        "peripheral_stats": True,
         "max_minutes": 600.0,
     },
 }
@@ -209,14 +217,32 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         }
         log.info("tile module weights %s from pseudo-defect AUROC %s", weighting["weights"], aurocs)
     tensors = {**tensors, **module_tensors(net, "net")}
-    if logical is not None:
+    stats = None
+    stats_info: dict[str, Any] = {"used": False}
+    if "peripheral" in modules and bool(settings["peripheral_stats"]):
+        stats = fit_summary_statistics(train, held)
+        stats_info = {
+            "used": True,
+            "levels": stats.levels,
+            "shrinkage": round(stats.shrinkage, 4),
+            "held_out_distance": [round(float(v), 4) for v in stats.score_q],
+        }
+    if logical is not None or stats is not None:
         tile_scores = held_tile_scores(net, held, tile_px=tile_px)
+    if logical is not None:
         logical.align_to(tile_scores)
         logical_info["score_to"] = [round(float(v), 4) for v in logical.score_to]
         lp, lt = logical.to_bundle()
         out_params["logical"] = lp
         tensors.update(lt)
-    calibration = first_calibration(net, logical, held, tile_px=tile_px)
+    if stats is not None:
+        stats.align_to(tile_scores)
+        stats_info["score_to"] = [round(float(v), 4) for v in stats.score_to]
+        sp, st = stats.to_bundle()
+        out_params["peripheral_stats"] = sp
+        tensors.update(st)
+    branches: list[GlobalBranch] = [b for b in (logical, stats) if b is not None]
+    calibration = first_calibration(net, whole_image(branches), held, tile_px=tile_px)
     return Fitted(
         params=out_params,
         tensors=tensors,
@@ -226,6 +252,7 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             "held_out": len(held),
             "map_quantiles": q.tolist(),
             "logical": logical_info,
+            "peripheral_stats": stats_info,
             "tile_modules": weighting,
             "calibration": calibration,
         },
