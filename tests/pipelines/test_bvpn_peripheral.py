@@ -171,3 +171,32 @@ def test_training_fits_the_statistics_and_the_switch_drops_them(tmp_path: Path) 
     off = load_bundle(tmp_path / "off")
     assert "peripheral_stats" not in off.meta.params and not off.meta.training["peripheral_stats"]["used"]
     assert "stats.precision" not in off.tensors
+
+
+def test_whole_image_branches_are_aligned_with_the_tile_scores_under_the_edge_gains() -> None:
+    """The inspector compares a branch's score with the tile score after the edge gains, so the
+    held-out tile scores the branches are aligned with are the gained ones, not the raw maxima."""
+    import torch
+
+    from calibration.threshold import GoodImages
+    from pipelines.models.bvpn.train import held_tile_scores
+    from pipelines.training import MARGIN_PX
+    from tests.pipelines.test_edges import _frame
+
+    class Red(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1].clone()
+
+    rng = np.random.default_rng(4)
+    held = [_frame(rng) for _ in range(20)]
+    scores = held_tile_scores(Red(), held, tile_px=64)  # type: ignore[arg-type]
+    raw = np.array([f[..., 0].max() / 255 for f in held])
+    inside = np.array([f[3:-3, 3:-3, 0].max() / 255 for f in held])
+    assert (scores < raw - 0.1).all() and (scores >= inside - 1e-6).all()
+    analyser = TiledAnalyser(lambda x: x[:, :1].copy(), tile_px=64, overlap_px=32, margin_px=MARGIN_PX)
+    analyser.measure_raw()
+    goods = GoodImages(pixels=False)
+    for f in held:
+        goods.add(analyser(f))
+    analyser.edge_gains = goods.edge_gains()
+    np.testing.assert_allclose(scores, [analyser(f).tile_score for f in held], rtol=1e-6)

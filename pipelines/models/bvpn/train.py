@@ -281,12 +281,19 @@ def check_teacher(settings: dict[str, Any]) -> tuple[int, ...]:
 
 
 def held_tile_scores(net: BVPNTileNet, held: list[np.ndarray], *, tile_px: int) -> np.ndarray:
-    """The tile map's image scores (maximum) on the held-out good images, as the inspector sees them."""
+    """The tile map's image scores on the held-out good images as the inspector will see them:
+    under the edge gains these images give (`first_calibration` fits the same ones), so the
+    whole-image branches are aligned with the scores they will be compared with."""
+    from calibration.threshold import GoodImages
     from pipelines.inference import TiledAnalyser, torch_infer
     from pipelines.training import MARGIN_PX
 
     analyse = TiledAnalyser(torch_infer(net), tile_px=tile_px, overlap_px=32, margin_px=MARGIN_PX)
-    return np.array([analyse(img).tile_score for img in held])
+    analyse.measure_raw()
+    goods = GoodImages(pixels=False)
+    for img in held:
+        goods.add(analyse(img))
+    return np.array([tile for tile, _ in goods.parts_under(goods.edge_gains())])
 
 
 def tile_module_weights(
