@@ -126,8 +126,9 @@ class LogicalModule(GlobalBranch):
 
     def align_to(self, tile_scores: np.ndarray) -> None:
         """Put the score on the tile score's held-out scale (see the module docstring)."""
-        med, top = float(np.median(tile_scores)), float(np.max(tile_scores))
-        self.score_to = np.array([med, max(top, med + 1e-3)])
+        from pipelines.models.bvpn.peripheral import held_out_scale
+
+        self.score_to = held_out_scale(tile_scores)
 
     def layout_consistency(self) -> float:
         """Mean over pixels of the most frequent class's share in good images: near 1

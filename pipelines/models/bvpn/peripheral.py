@@ -49,6 +49,13 @@ def interior(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(inner, dtype=np.float32)
 
 
+def held_out_scale(tile_scores: np.ndarray) -> np.ndarray:
+    """`score_to` of a whole-image branch whose score is on the held-out scale (median 0, maximum
+    1): the held-out tile scores' median and maximum (a little above the median if they agree)."""
+    med, top = float(np.median(tile_scores)), float(np.max(tile_scores))
+    return np.array([med, max(top, med + 1e-3)])
+
+
 def levels_for(height_px: int, width_px: int, *, most: int = 5) -> int:
     """Octaves a frame of this size supports (its interior's short side halves each octave)."""
     side = min(height_px, width_px) - 2 * min(EDGE_MARGIN_PX, min(height_px, width_px) // 8)
@@ -123,8 +130,7 @@ class SummaryStatistics(GlobalBranch):
 
     def align_to(self, tile_scores: np.ndarray) -> None:
         """Held-out median -> the tile score's held-out median, maximum -> maximum."""
-        med, top = float(np.median(tile_scores)), float(np.max(tile_scores))
-        self.score_to = np.array([med, max(top, med + 1e-3)])
+        self.score_to = held_out_scale(tile_scores)
 
     def to_bundle(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         params = {"levels": self.levels, "shrinkage": round(self.shrinkage, 6)}

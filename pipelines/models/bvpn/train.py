@@ -21,9 +21,9 @@ import torch
 
 from pipelines.backbone import frozen_features
 from pipelines.models.base import GlobalBranch, module_tensors
-from pipelines.models.bvpn.logical import fit_logical
+from pipelines.models.bvpn.logical import LogicalModule, fit_logical
 from pipelines.models.bvpn.model import BVPNTileNet, whole_image
-from pipelines.models.bvpn.peripheral import fit_summary_statistics
+from pipelines.models.bvpn.peripheral import SummaryStatistics, fit_summary_statistics
 from pipelines.training import (
     CropSampler,
     Fitted,
@@ -227,21 +227,20 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
             "shrinkage": round(stats.shrinkage, 4),
             "held_out_distance": [round(float(v), 4) for v in stats.score_q],
         }
-    if logical is not None or stats is not None:
-        tile_scores = held_tile_scores(net, held, tile_px=tile_px)
+    aligned: list[tuple[str, LogicalModule | SummaryStatistics, dict[str, Any]]] = []
     if logical is not None:
-        logical.align_to(tile_scores)
-        logical_info["score_to"] = [round(float(v), 4) for v in logical.score_to]
-        lp, lt = logical.to_bundle()
-        out_params["logical"] = lp
-        tensors.update(lt)
+        aligned.append(("logical", logical, logical_info))
     if stats is not None:
-        stats.align_to(tile_scores)
-        stats_info["score_to"] = [round(float(v), 4) for v in stats.score_to]
-        sp, st = stats.to_bundle()
-        out_params["peripheral_stats"] = sp
-        tensors.update(st)
-    branches: list[GlobalBranch] = [b for b in (logical, stats) if b is not None]
+        aligned.append(("peripheral_stats", stats, stats_info))
+    if aligned:  # each on the held-out tile scores' scale, as the inspector will compare them
+        tile_scores = held_tile_scores(net, held, tile_px=tile_px)
+    for key, branch, branch_info in aligned:
+        branch.align_to(tile_scores)
+        branch_info["score_to"] = [round(float(v), 4) for v in branch.score_to]
+        branch_params, branch_tensors = branch.to_bundle()
+        out_params[key] = branch_params
+        tensors.update(branch_tensors)
+    branches: list[GlobalBranch] = [branch for _, branch, _ in aligned]
     calibration = first_calibration(net, whole_image(branches), held, tile_px=tile_px)
     return Fitted(
         params=out_params,
