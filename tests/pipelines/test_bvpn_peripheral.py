@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from appliance.cli import main
 from pipelines.inference import TiledAnalyser
@@ -140,7 +141,9 @@ def test_a_branch_without_a_map_leaves_the_tile_map_as_it_is() -> None:
         assert a.whole_image_scores() == (score,)
 
 
-def test_training_fits_the_statistics_and_the_switch_drops_them(tmp_path: Path) -> None:
+def test_training_fits_the_statistics_and_the_switch_drops_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipelines.bundle import load_bundle
     from pipelines.datasets.synth import write_mvtec_dataset
     from pipelines.inspector import Inspector
@@ -166,6 +169,20 @@ def test_training_fits_the_statistics_and_the_switch_drops_them(tmp_path: Path) 
     img = cv2.cvtColor(cv2.imread(str(next((data / "test" / "good").iterdir()))), cv2.COLOR_BGR2RGB)
     a = insp.analyse(img)
     assert a.global_score is not None and a.global_score >= stats(img).score - 1e-6
+
+    # a bundle whose statistics are incomplete: one line naming it, exit 2, no traceback
+    from pipelines.errors import BundleError
+
+    with pytest.raises(BundleError, match="whole-image branches are incomplete"):
+        build_global(on.meta, {k: v for k, v in on.tensors.items() if k != "stats.precision"})
+    meta = yaml.safe_load((tmp_path / "on" / "bundle.yaml").read_text())
+    del meta["params"]["peripheral_stats"]["levels"]
+    (tmp_path / "on" / "bundle.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    capsys.readouterr()
+    predict = ["predict", "--bundle", str(tmp_path / "on"), "--input", str(data / "test" / "good")]
+    assert main([*predict, "--out", str(tmp_path / "pred"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "whole-image branches are incomplete" in err[0] and "Traceback" not in err[0]
 
     assert main([*argv, "--out", str(tmp_path / "off"), "--set", "peripheral_stats=false"]) == 0
     off = load_bundle(tmp_path / "off")

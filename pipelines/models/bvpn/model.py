@@ -22,6 +22,7 @@ from torch import nn
 
 from pipelines.backbone import LiteFeatures
 from pipelines.bundle import BundleMeta
+from pipelines.errors import BundleError
 from pipelines.models.base import GaussianBlur, GlobalBranch, GlobalResult, load_module_state, upsample_to
 
 TAPS = (4, 10)  # EfficientNet-Lite0: 40 channels at stride 8, 112 at stride 16 (bundles before `taps`)
@@ -184,13 +185,20 @@ def whole_image(branches: list[GlobalBranch]) -> GlobalBranch | None:
 
 
 def build_global(meta: BundleMeta, tensors: dict[str, np.ndarray]) -> GlobalBranch | None:
+    """The logical module and the peripheral statistics the bundle has (BundleError, one line,
+    where its parameters or tensors for them are missing or malformed)."""
+    from pipelines.models.bvpn.logical import LogicalModule
+    from pipelines.models.bvpn.peripheral import SummaryStatistics
+
     branches: list[GlobalBranch] = []
-    if "logical" in meta.params["modules"]:
-        from pipelines.models.bvpn.logical import LogicalModule
-
-        branches.append(LogicalModule.from_bundle(meta.params["logical"], tensors))
-    if "peripheral_stats" in meta.params:  # bundles since session 13
-        from pipelines.models.bvpn.peripheral import SummaryStatistics
-
-        branches.append(SummaryStatistics.from_bundle(meta.params["peripheral_stats"], tensors))
+    try:
+        if "logical" in meta.params["modules"]:
+            branches.append(LogicalModule.from_bundle(meta.params["logical"], tensors))
+        if "peripheral_stats" in meta.params:  # bundles since session 13
+            branches.append(SummaryStatistics.from_bundle(meta.params["peripheral_stats"], tensors))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(
+            f"BVPN bundle {meta.bundle_id}: its whole-image branches are incomplete or malformed "
+            f"({type(exc).__name__}: {exc}): use the bundle as training wrote it, or retrain"
+        ) from exc
     return whole_image(branches)
