@@ -20,7 +20,7 @@ held-out scale (median 0, maximum 1) and aligned with the tile score's
 held-out median and maximum (`score_to`), so one image threshold cuts it at
 the same point of its good tail.
 
-Cost: about 40 ms on a 1913x2624 frame (cv2, one thread). BENCHMARKS.md,
+Cost: about 23 ms on a 1913x2624 frame (cv2, timeit). BENCHMARKS.md,
 session 13, has what it adds to bsdata and deeppcb.
 """
 
