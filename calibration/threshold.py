@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -427,6 +428,14 @@ class _MeasuredImages:
     def interior_means(self) -> np.ndarray:
         """Per image the tile map's interior mean (NaN for a frame without interior)."""
         return np.array(self._interior, dtype=np.float64)
+
+    def set_branch_parts(self, parts: Sequence[float]) -> None:
+        """Per image the whole-image branch's part (`pipelines.inference.branch_part`, gain 1), for
+        images measured by an analyser without the branch (training aligns the branch with the
+        tile scores these images give, then scores it)."""
+        if len(parts) != len(self):
+            raise CalibrationError(f"{len(parts)} branch parts for {len(self)} images: one per image")
+        self._global = [float(g) for g in parts]
 
 
 class GoodImages(_MeasuredImages):

@@ -100,8 +100,12 @@ class Analysis:
         with another gain."""
         if self.global_score is None:
             return float(self.tile_score), float("-inf")
-        g = self.global_score if self.global_map_max is None else max(self.global_score, self.global_map_max)
-        return float(self.tile_score), float(g)
+        return float(self.tile_score), branch_part(self.global_score, self.global_map_max)
+
+
+def branch_part(score: float, map_max: float | None) -> float:
+    """A whole-image branch's part in the image score: the larger of its score and its map's maximum."""
+    return float(score if map_max is None else max(score, map_max))
 
 
 @functools.lru_cache(maxsize=16)

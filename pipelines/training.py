@@ -367,21 +367,23 @@ def first_calibration(
     overlap_px: int = 32,
     margin_px: int = 16,
     reference_frame: np.ndarray | None = None,
+    align_branch: Callable[[np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """A first threshold from the held-out good images, so a new bundle is usable at once, with
     edge gains fitted on them (`pipelines.edges`).
 
     `aoi calibrate` replaces it with one from more data. `reference_frame`: the golden
-    frame of a golden-reference model."""
+    frame of a golden-reference model. `align_branch`: called with the held-out tile scores
+    under the fitted edge gains (as the inspector will compare them with the whole-image
+    branch's) before `global_branch` scores the images. One pass of the network either way."""
     from calibration.errors import CalibrationError
     from calibration.threshold import GoodImages, threshold_for_frr
-    from pipelines.inference import TiledAnalyser, torch_infer
+    from pipelines.inference import TiledAnalyser, branch_part, torch_infer
 
     analyser = TiledAnalyser(
         torch_infer(net),
         tile_px=tile_px,
         overlap_px=overlap_px,
-        global_branch=global_branch,
         margin_px=margin_px,
         reference_frame=reference_frame,
     )
@@ -390,6 +392,14 @@ def first_calibration(
     for img in held:
         goods.add(analyser(img))
     gains = goods.edge_gains()
+    if global_branch is not None:
+        if align_branch is not None:
+            align_branch(np.array([tile for tile, _ in goods.parts_under(gains)]))
+        parts = []
+        for img in held:
+            r = global_branch(img)
+            parts.append(branch_part(r.score, None if r.anomaly_map is None else float(r.anomaly_map.max())))
+        goods.set_branch_parts(parts)
     if gains is not None and min(gains) < 1.0:
         log.info(
             "edge gains %s for the bands from %s px of the frame's edge (fitted on %d held-out good "

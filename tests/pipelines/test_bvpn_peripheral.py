@@ -192,12 +192,12 @@ def test_training_fits_the_statistics_and_the_switch_drops_them(
 
 def test_whole_image_branches_are_aligned_with_the_tile_scores_under_the_edge_gains() -> None:
     """The inspector compares a branch's score with the tile score after the edge gains, so the
-    held-out tile scores the branches are aligned with are the gained ones, not the raw maxima."""
+    first calibration hands the branches the gained held-out tile scores (not the raw maxima)
+    before they score the images, in its one pass of the network."""
     import torch
 
     from calibration.threshold import GoodImages
-    from pipelines.models.bvpn.train import held_tile_scores
-    from pipelines.training import MARGIN_PX
+    from pipelines.training import MARGIN_PX, first_calibration
     from tests.pipelines.test_edges import _frame
 
     class Red(torch.nn.Module):
@@ -206,7 +206,15 @@ def test_whole_image_branches_are_aligned_with_the_tile_scores_under_the_edge_ga
 
     rng = np.random.default_rng(4)
     held = [_frame(rng) for _ in range(20)]
-    scores = held_tile_scores(Red(), held, tile_px=64)  # type: ignore[arg-type]
+    branch = _Constant(0.0, False)
+    handed: list[np.ndarray] = []
+
+    def align(scores: np.ndarray) -> None:
+        handed.append(scores)
+        branch.score = float(np.max(scores)) + 0.5  # aligned: above every good tile score
+
+    cal = first_calibration(Red(), branch, held, tile_px=64, align_branch=align)
+    (scores,) = handed
     raw = np.array([f[..., 0].max() / 255 for f in held])
     inside = np.array([f[3:-3, 3:-3, 0].max() / 255 for f in held])
     assert (scores < raw - 0.1).all() and (scores >= inside - 1e-6).all()
@@ -217,3 +225,5 @@ def test_whole_image_branches_are_aligned_with_the_tile_scores_under_the_edge_ga
         goods.add(analyser(f))
     analyser.edge_gains = goods.edge_gains()
     np.testing.assert_allclose(scores, [analyser(f).tile_score for f in held], rtol=1e-6)
+    # the branch scored the images after its alignment: its score set the threshold
+    assert cal["image_threshold"] == pytest.approx(branch.score)

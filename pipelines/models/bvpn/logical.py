@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from pipelines.models.base import GlobalBranch, GlobalResult
+from pipelines.models.bvpn.peripheral import held_out_scale
 
 STATS_PER_CLASS = 7  # area, components, L, a, b, cx, cy
 
@@ -126,8 +127,6 @@ class LogicalModule(GlobalBranch):
 
     def align_to(self, tile_scores: np.ndarray) -> None:
         """Put the score on the tile score's held-out scale (see the module docstring)."""
-        from pipelines.models.bvpn.peripheral import held_out_scale
-
         self.score_to = held_out_scale(tile_scores)
 
     def layout_consistency(self) -> float:

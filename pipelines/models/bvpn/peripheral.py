@@ -71,8 +71,11 @@ def summary_features(rgb: np.ndarray, levels: int) -> np.ndarray:
     out: list[float] = []
     for _ in range(levels):
         h, w = cur.shape
-        down = cv2.pyrDown(cur) if min(h, w) >= 2 else cur
-        band = cv2.subtract(cur, cv2.pyrUp(down, dstsize=(w, h)) if down is not cur else cur)
+        if min(h, w) >= 2:
+            down = cv2.pyrDown(cur)
+            band = cv2.subtract(cur, cv2.pyrUp(down, dstsize=(w, h)))
+        else:  # a frame too small for this octave: no detail left
+            down, band = cur, np.zeros_like(cur)
         n = band.size
         _, sd = cv2.meanStdDev(band)
         m2, s2 = cv2.meanStdDev(cv2.multiply(band, band))

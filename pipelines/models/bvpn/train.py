@@ -232,16 +232,18 @@ def fit(images: list[np.ndarray], *, settings: dict[str, Any], seed: int, progre
         aligned.append(("logical", logical, logical_info))
     if stats is not None:
         aligned.append(("peripheral_stats", stats, stats_info))
-    if aligned:  # each on the held-out tile scores' scale, as the inspector will compare them
-        tile_scores = held_tile_scores(net, held, tile_px=tile_px)
+
+    def align(tile_scores: np.ndarray) -> None:  # each on the held-out tile scores' scale
+        for _, branch, _ in aligned:
+            branch.align_to(tile_scores)
+
+    branches: list[GlobalBranch] = [branch for _, branch, _ in aligned]
+    calibration = first_calibration(net, whole_image(branches), held, tile_px=tile_px, align_branch=align)
     for key, branch, branch_info in aligned:
-        branch.align_to(tile_scores)
         branch_info["score_to"] = [round(float(v), 4) for v in branch.score_to]
         branch_params, branch_tensors = branch.to_bundle()
         out_params[key] = branch_params
         tensors.update(branch_tensors)
-    branches: list[GlobalBranch] = [branch for _, branch, _ in aligned]
-    calibration = first_calibration(net, whole_image(branches), held, tile_px=tile_px)
     return Fitted(
         params=out_params,
         tensors=tensors,
@@ -277,22 +279,6 @@ def check_teacher(settings: dict[str, Any]) -> tuple[int, ...]:
     if int(settings["student_convs"]) < 1:
         raise ModelError(f"setting student_convs={settings['student_convs']}: at least 1 (3x3 at stride 8)")
     return taps
-
-
-def held_tile_scores(net: BVPNTileNet, held: list[np.ndarray], *, tile_px: int) -> np.ndarray:
-    """The tile map's image scores on the held-out good images as the inspector will see them:
-    under the edge gains these images give (`first_calibration` fits the same ones), so the
-    whole-image branches are aligned with the scores they will be compared with."""
-    from calibration.threshold import GoodImages
-    from pipelines.inference import TiledAnalyser, torch_infer
-    from pipelines.training import MARGIN_PX
-
-    analyse = TiledAnalyser(torch_infer(net), tile_px=tile_px, overlap_px=32, margin_px=MARGIN_PX)
-    analyse.measure_raw()
-    goods = GoodImages(pixels=False)
-    for img in held:
-        goods.add(analyse(img))
-    return np.array([tile for tile, _ in goods.parts_under(goods.edge_gains())])
 
 
 def tile_module_weights(
