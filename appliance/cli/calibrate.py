@@ -157,7 +157,7 @@ def run_threshold(args: argparse.Namespace) -> int:
             mask_paths = [_mask_for(masks_dir, path) for path in bad_paths]
     progress = not args.no_progress
     # The good (and bad) images are measured without edge gains, without the surface score and
-    # with a whole-image branch (BVPN's logical module) unaligned. The edge gains
+    # with a whole-image branch (BVPN's logical module and statistics) unaligned. The edge gains
     # (`pipelines.edges`) are fitted on the good ones, the branch is aligned with the scaled tile
     # map's tail (`align_branches`) and the surface score with both (`align_surface`); with
     # defective images, the gains and the surface score are kept only where they separate good
